@@ -7,7 +7,6 @@ Elevation is measured up from the XY plane. Camera-to-world matrices use the Ope
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +34,10 @@ class Cameras:
 
     def __len__(self) -> int:
         return self.c2w.shape[0]
+
+    def __getitem__(self, index: slice) -> "Cameras":
+        return Cameras(self.c2w[index], self.fovy[index], self.elevation[index], self.azimuth[index],
+                       self.distance[index], self.height, self.width)
 
     @property
     def positions(self) -> torch.Tensor:
@@ -125,7 +128,3 @@ VIEW_SUFFIXES = ("front view", "side view", "back view", "overhead view")
 def front_camera(height: int, width: int, device: torch.device | str = "cpu") -> Cameras:
     """The single fixed camera of the 2D experiments."""
     return turntable_cameras(1, height, width, elevation_deg=15.0, distance=1.8, fovy_deg=55.0, device=device)
-
-
-def fovy_to_focal(fovy: float, height: int) -> float:
-    return 0.5 * height / math.tan(0.5 * fovy)

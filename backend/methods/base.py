@@ -1,7 +1,8 @@
 """A score distillation method = a timestep schedule + a noise source + a gradient rule.
 
 Every method turns the current render x (in the prior's space) into a gradient g on x. The loop
-applies it with  loss = 0.5 * sum((x - (x - g).detach())**2) / B,  so d loss / d x = g / B.
+applies it with  loss = 0.5 * sum((x - (x - g).detach())**2) / B,  so d loss / d x = g / B
+(`gradient_loss`).
 
 CFG convention used throughout (METHODS.md): e_s(z, t) = e(z, t, 0) + s * (e(z, t, y) - e(z, t, 0)).
 threestudio writes e_y + s (e_y - e_0), which is the same thing at s + 1.
@@ -14,8 +15,12 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..config import _range
 from ..errors import UserError
-from ..priors.base import Prior, View
+from ..priors.base import TEXT, UNCOND, NoiseSchedule, Prior, View
+
+# Every schedule in METHODS.md is written for SD's 1000 training timesteps; all priors here use them.
+NUM_TIMESTEPS = NoiseSchedule.num_train_timesteps
 
 
 @dataclass
@@ -39,6 +44,30 @@ def weight(schedule, t: int, kind: str, like: torch.Tensor) -> torch.Tensor | fl
     raise UserError(f"unknown weighting {kind!r}: use 'sds' or 'uniform'")
 
 
+def timestep_batch(t: int, like: torch.Tensor) -> torch.Tensor:
+    """The one timestep t of this step as the [B] integer tensor a prior expects."""
+    return torch.full((like.shape[0],), int(t), dtype=torch.long, device=like.device)
+
+
+def guided_noise(prior: Prior, z_t: torch.Tensor, t: int, view: View, scale: float) -> torch.Tensor:
+    """e_s(z_t, t): text and empty-prompt predictions in ONE prior call, combined by CFG."""
+    e_text, e_uncond = prior.predict_noise(z_t, timestep_batch(t, z_t), (TEXT, UNCOND), view)
+    return cfg_combine(e_uncond, e_text, scale)
+
+
+def linear_timestep(step: int, max_steps: int, t_start: float, t_end: float) -> int:
+    """A deterministic, linearly decreasing t(step) = T (t_start - (t_start - t_end) step / max_steps),
+    the schedule of SDI (appendix A.1) and the plain choice for FSD (eq. 9/14, t(tau) decreasing)."""
+    progress = min(max(step / max(max_steps, 1), 0.0), 1.0)
+    t = NUM_TIMESTEPS * (t_start - (t_start - t_end) * progress)
+    return min(max(int(round(t)), 0), NUM_TIMESTEPS - 1)
+
+
+def gradient_loss(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The surrogate loss whose gradient on x is g / B: 0.5 * sum((x - (x - g).detach())**2) / B."""
+    return 0.5 * ((x - (x - g).detach()) ** 2).sum() / x.shape[0]
+
+
 @dataclass
 class Method(ABC):
     """Base class. Subclasses are dataclasses whose fields are the user-settable options with the
@@ -46,13 +75,35 @@ class Method(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]  # one line, shown in the CLI help and the Blender panel
+    #: the negative prompt this method uses when the user gives none (NFSD's p_neg); None: no negative.
+    default_negative: ClassVar[str | None] = None
+    #: option -> (low, high) for numbers (int bounds: a whole number) or a tuple of allowed strings.
+    limits: ClassVar[dict[str, tuple]] = {"cfg": (-1000.0, 1000.0)}
 
     cfg: float = 7.5
     max_steps: int = 1000
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self.validate()
         self.generator = torch.Generator().manual_seed(self.seed)
+
+    def validate(self) -> None:
+        """Raise UserError naming the first bad option and its allowed values."""
+        _range("max_steps", self.max_steps, 1, 10**9, integer=True)
+        _range("seed", self.seed, 0, 2**63 - 1, integer=True)
+        defaults = {f.name: f.default for f in fields(self)}
+        for option, allowed in self.limits.items():
+            value = getattr(self, option)
+            if value is None and defaults[option] is None:
+                continue  # an optional option left off
+            if isinstance(allowed[0], str):
+                if value not in allowed:
+                    raise UserError(f"{self.name} option {option} = {value!r} is not allowed: "
+                                    f"use one of {', '.join(map(repr, allowed))}")
+            else:
+                low, high = allowed
+                _range(f"{self.name} option {option}", value, low, high, integer=isinstance(low, int))
 
     def setup(self, prior: Prior) -> None:
         """Called once before the first step (e.g. FSD draws its world noise map here)."""
@@ -65,6 +116,10 @@ class Method(ABC):
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         """Seeded noise (drawn on the CPU so runs repeat across devices)."""
         return torch.randn(x.shape, generator=self.generator).to(device=x.device, dtype=x.dtype)
+
+    def randint(self, low: int, high: int) -> int:
+        """A seeded integer uniform on {low .. high} (both included)."""
+        return int(torch.randint(low, high + 1, (1,), generator=self.generator).item())
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to resume this method exactly."""

@@ -1,0 +1,63 @@
+"""Checkpoints: everything needed to resume a run exactly, written atomically, read without pickle.
+
+`torch.load(weights_only=True)` only accepts tensors and plain containers, so a checkpoint from
+elsewhere cannot run code on load.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+FORMAT = "distill3d-checkpoint-1"
+
+
+def save_checkpoint(path: Path, **state: Any) -> Path:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, **state}, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-write leaves the previous checkpoint intact
+    return path
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.exists():
+        raise UserError(f"no checkpoint at {path}: give the checkpoint.pt of a run (or its folder)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # truncated file, not a torch file, or an unsafe pickle
+        raise UserError(f"checkpoint {path} is corrupt or not a Distill3D checkpoint ({type(error).__name__}): "
+                        "delete it, or start the run again without --resume") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path} is not a Distill3D checkpoint (format {FORMAT} expected): "
+                        "give the checkpoint.pt written by `python -m backend generate`")
+    return state
+
+
+def load_model(path: Path, device: str | torch.device = "cpu"):
+    """The trained NeRF and its config from a checkpoint (for re-export and previews)."""
+    from .config import GenerateConfig
+    from .nerf import NeRFModel
+
+    state = load_checkpoint(path, map_location=device)
+    config = GenerateConfig.from_dict(state["config"]).resolved()
+    model = NeRFModel(nerf_settings(config)).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, config
+
+
+def nerf_settings(config):
+    """The NeRF settings a GenerateConfig asks for (one place, used by training and re-export)."""
+    from .nerf import NeRFSettings
+
+    return NeRFSettings(hash_levels=config.hash_levels, log2_table=config.hash_log2_table,
+                        occupancy_resolution=config.occupancy_resolution,
+                        max_samples_per_ray=config.max_samples_per_ray, levels_start=config.hash_levels_start)

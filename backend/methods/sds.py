@@ -1,0 +1,84 @@
+"""SDS, Score Distillation Sampling (Poole et al. 2022, DreamFusion), the baseline.
+
+    schedule: t ~ U{20 .. 980} every step (optionally max t -> 500 after `anneal_after` steps)
+    noise:    fresh eps ~ N(0, I) every step
+    rule:     g = w(t) (e_s(z_t, t) - eps),  z_t = a_t x + s_t eps     (NFSD paper eq. 2, FSD paper eq. 7)
+"""
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..errors import UserError
+from ..priors.base import Prior, View
+from .base import NUM_TIMESTEPS, GradientOutput, Method, guided_noise, weight
+from .ddim import predicted_x0
+
+
+def sds_gradient(prior: Prior, x: torch.Tensor, t: int, eps: torch.Tensor, view: View, scale: float,
+                 weighting: str) -> GradientOutput:
+    """g = w(t) (e_s(z_t, t) - eps) with z_t = a_t x + s_t eps. SDS (FSD paper eq. 7) with random eps,
+    FSD (FSD paper eq. 15) with eps = eps(c)."""
+    z_t = prior.schedule.add_noise(x, eps, t)                                  # FSD paper eq. 1
+    e_s = guided_noise(prior, z_t, t, view, scale)                             # NFSD paper eq. 1
+    grad = weight(prior.schedule, t, weighting, x) * (e_s - eps)              # NFSD paper eq. 2
+    x0_hat = predicted_x0(z_t, e_s, prior.schedule.abar(t, x))                 # for previews
+    return GradientOutput(grad, t, {"noise": eps, "z_t": z_t, "x0_hat": x0_hat})
+
+
+@dataclass
+class RandomTimesteps(Method):
+    """The schedule and noise source SDS and NFSD share: t ~ U{T t_min .. T t_max} and fresh eps."""
+
+    limits: ClassVar[dict[str, tuple]] = {
+        **Method.limits, "t_min": (0.0, 1.0), "t_max": (0.0, 1.0), "anneal_after": (0, 10**9),
+        "anneal_t_max": (0.0, 1.0), "weighting": ("sds", "uniform")}
+
+    t_min: float = 0.02
+    t_max: float = 0.98
+    anneal_after: int | None = None   # from this step on, the upper bound of t is anneal_t_max
+    anneal_t_max: float = 0.5
+    weighting: str = "sds"            # w(t): "sds" = 1 - abar_t, "uniform" = 1
+
+    def validate(self) -> None:
+        super().validate()
+        t_max = min(self.t_max, self.anneal_t_max) if self.anneal_after is not None else self.t_max
+        if not self.t_min <= t_max:
+            raise UserError(f"{self.name} options: t_min = {self.t_min} is above the largest t allowed "
+                            f"({t_max}): lower t_min or raise t_max / anneal_t_max")
+
+    def bounds(self, step: int) -> tuple[int, int]:
+        """The integer range of t at this step (DreamFusion's U(0.02, 0.98); max 500 after annealing)."""
+        high = self.t_max
+        if self.anneal_after is not None and step >= self.anneal_after:
+            high = self.anneal_t_max
+        return round(NUM_TIMESTEPS * self.t_min), min(round(NUM_TIMESTEPS * high), NUM_TIMESTEPS - 1)
+
+    def timestep(self, step: int) -> int:
+        return self.randint(*self.bounds(step))
+
+    def noise(self, x: torch.Tensor) -> torch.Tensor:
+        return self.randn_like(x)
+
+    def gradient(self, x: torch.Tensor, step: int, view: View) -> GradientOutput:
+        t = self.timestep(step)
+        return self.gradient_at(x, t, self.noise(x), view)
+
+    @abstractmethod
+    def gradient_at(self, x: torch.Tensor, t: int, eps: torch.Tensor, view: View) -> GradientOutput:
+        """The gradient rule at a given t and noise."""
+
+
+@dataclass
+class SDS(RandomTimesteps):
+    name: ClassVar[str] = "sds"
+    description: ClassVar[str] = ("Score Distillation Sampling (DreamFusion): random t, fresh noise, CFG 100; "
+                                  "the baseline, smooth and saturated")
+
+    cfg: float = 100.0
+
+    def gradient_at(self, x: torch.Tensor, t: int, eps: torch.Tensor, view: View) -> GradientOutput:
+        return sds_gradient(self.prior, x, t, eps, view, self.cfg, self.weighting)

@@ -1,0 +1,118 @@
+"""Ground-truth metrics against the shapes prior's catalog."""
+import math
+
+import pytest
+import torch
+
+from backend.metrics import (albedo_error, best_match, chamfer_distance, distinct_colors, field_color,
+                             field_iou, field_surface_points, grid_points, surface_points, volume_iou)
+from backend.priors.shapes_world import COLORS, SHAPES, CatalogObject, parse_prompt
+
+
+def density_of(obj):
+    """A 'trained field' that is exactly the object: density > 0 inside."""
+    return lambda points: -obj.sdf(points)
+
+
+def constant_albedo(color):
+    return lambda points: torch.tensor(COLORS[color]).expand(len(points), 3)
+
+
+def test_grid_points_are_the_cell_centres_of_the_bound():
+    points = grid_points(4, bound=2.0)
+    assert points.shape == (64, 3)
+    assert torch.equal(torch.unique(points[:, 0]), torch.tensor([-1.5, -0.5, 0.5, 1.5]))
+    assert torch.allclose(points.mean(dim=0), torch.zeros(3))
+
+
+def test_volume_iou_of_boolean_grids():
+    a = torch.tensor([True, True, False, False])
+    assert volume_iou(a, a) == 1.0
+    assert volume_iou(a, ~a) == 0.0
+    assert volume_iou(a, torch.tensor([True, False, True, False])) == pytest.approx(1 / 3)
+    assert volume_iou(torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool)) == 1.0
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_an_object_has_iou_one_with_itself(shape):
+    obj = CatalogObject(shape, "red")
+    assert field_iou(density_of(obj), obj, threshold=0.0, resolution=32) == 1.0
+
+
+def test_sphere_against_cube_matches_the_analytic_iou():
+    sphere, cube = CatalogObject("sphere", "red"), CatalogObject("cube", "red")
+    # sphere r 0.5, cube half 0.4: the sphere pokes out of each face as a cap of height 0.1
+    cap = math.pi * 0.1 ** 2 * (3 * 0.5 - 0.1) / 3
+    v_sphere, v_cube = 4 / 3 * math.pi * 0.5 ** 3, 0.8 ** 3
+    inter = v_sphere - 6 * cap
+    expected = inter / (v_sphere + v_cube - inter)
+    iou = field_iou(density_of(sphere), cube, threshold=0.0, resolution=64)
+    assert 0 < iou < 1 and iou == pytest.approx(expected, abs=0.02)
+
+
+def test_the_threshold_decides_what_is_occupied():
+    sphere = CatalogObject("sphere", "red")
+    shrunk = field_iou(density_of(sphere), sphere, threshold=0.1, resolution=32)  # a sphere of radius 0.4
+    assert shrunk == pytest.approx(0.4 ** 3 / 0.5 ** 3, abs=0.05)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_surface_points_lie_on_the_surface(shape):
+    obj = CatalogObject(shape, "blue")
+    points = surface_points(obj, 1000, seed=3)
+    assert points.shape == (1000, 3)
+    assert obj.sdf(points).abs().max() < 1e-3
+    assert torch.equal(points, surface_points(obj, 1000, seed=3))  # seeded
+
+
+def test_surface_points_are_uniform_by_area():
+    # Archimedes: on a sphere, z of an area-uniform point is uniform in [-r, r]
+    points = surface_points(CatalogObject("sphere", "red"), 4000)
+    assert (points[:, 2] > 0.25).float().mean().item() == pytest.approx(0.25, abs=0.03)
+    assert points.mean(dim=0).abs().max() < 0.03
+
+
+def test_chamfer_distance():
+    a = surface_points(CatalogObject("sphere", "red"), 2000)
+    assert chamfer_distance(a, a) == 0.0
+    assert chamfer_distance(a, a * 1.2) == pytest.approx(0.1, abs=0.01)   # spheres of radius 0.5 and 0.6
+    assert chamfer_distance(a, a + torch.tensor([0.05, 0.0, 0.0])) > 0.0
+
+
+def test_albedo_error_is_zero_for_the_true_albedo_and_large_for_another_colour():
+    obj = CatalogObject("torus", "green", "checkered")
+    assert albedo_error(obj.albedo, obj, n=2000) < 1e-6
+    error = albedo_error(constant_albedo("green"), obj, n=2000)
+    half_white = (torch.tensor(COLORS["white"]) - torch.tensor(COLORS["green"])).abs().mean().item() / 2
+    assert error == pytest.approx(half_white, rel=0.25)  # about half the surface is the white accent
+
+
+def test_best_match_picks_the_shape_by_geometry_and_the_colour_by_albedo():
+    blue_cube = CatalogObject("cube", "blue")
+    everything = parse_prompt("")
+    obj, iou = best_match(density_of(blue_cube), everything, threshold=0.0, resolution=32, albedo_fn=blue_cube.albedo)
+    assert obj == blue_cube and iou == 1.0
+    spheres = parse_prompt("a sphere")
+    obj, iou = best_match(density_of(blue_cube), spheres, threshold=0.0, resolution=32,
+                          albedo_fn=constant_albedo("yellow"))
+    assert obj == CatalogObject("sphere", "yellow") and 0 < iou < 1
+
+
+def test_field_surface_points_hug_the_surface():
+    cone = CatalogObject("cone", "red")
+    points = field_surface_points(density_of(cone), threshold=0.0, resolution=32)
+    cell = 2.0 / 32
+    assert len(points) > 100 and (cone.sdf(points) < 0).all() and (cone.sdf(points) > -math.sqrt(3) * cell).all()
+
+
+def test_field_colour_and_distinct_colours_over_seeds():
+    sphere = CatalogObject("sphere", "red")
+    assert field_color(density_of(sphere), constant_albedo("red"), threshold=0.0, resolution=32) == "red"
+    # a noisy, dimmed purple still reads as purple
+    noisy = lambda p: (torch.tensor(COLORS["purple"]) * 0.9 + 0.03 * torch.randn(len(p), 3)).clamp(0, 1)  # noqa: E731
+    assert field_color(density_of(sphere), noisy, threshold=0.0, resolution=32) == "purple"
+    empty = lambda p: torch.zeros(len(p))  # noqa: E731
+    assert field_color(empty, constant_albedo("red"), threshold=0.0, resolution=32) is None
+    runs = [(density_of(sphere), constant_albedo(c)) for c in ("red", "blue", "red", "green")] \
+        + [(empty, constant_albedo("pink"))]
+    assert distinct_colors(runs, threshold=0.0, resolution=16) == ["blue", "green", "red"]

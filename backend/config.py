@@ -69,6 +69,7 @@ class GenerateConfig:
     mesh_resolution: int = 256
     texture_size: int = 1024
     face_budget: int = 50_000
+    mesh_smooth: bool = True             # light Taubin smoothing: fewer UV charts and seams (bench_export)
 
     def resolved(self) -> "GenerateConfig":
         """A copy with every 'auto' default filled in from the step count."""
@@ -101,7 +102,7 @@ class GenerateConfig:
         _range("hash_log2_table", self.hash_log2_table, 10, 24, integer=True)
         _range("preview_every", self.preview_every, 0, 1_000_000, integer=True)
         _range("checkpoint_every", self.checkpoint_every, 0, 1_000_000, integer=True)
-        _range("mesh_resolution", self.mesh_resolution, 16, 1024, integer=True)
+        _range("mesh_resolution", self.mesh_resolution, 16, 512, integer=True)  # 1024^3 would need >10 GB
         _range("texture_size", self.texture_size, 16, 8192, integer=True)
         _range("face_budget", self.face_budget, 100, 10_000_000, integer=True)
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):

@@ -218,7 +218,7 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
     if config.export_mesh:
         from .export import export_mesh
         exported = export_mesh(model, out_dir, resolution=config.mesh_resolution, face_budget=config.face_budget,
-                               texture_size=config.texture_size)
+                               texture_size=config.texture_size, smooth=config.mesh_smooth)
         result.outputs.update(exported.paths)
         export_stats = exported.stats
     else:

@@ -10,7 +10,7 @@ Imports are lazy so that `import backend` stays cheap.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from shared.version import __version__  # one version for the backend, the protocol and the add-on
 
 
 def generate(prompt: str, out: str = "results/run", preset: str = "draft", prior=None, on_event=None,

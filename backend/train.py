@@ -197,7 +197,7 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
             on_event(Preview(step=done, image=image))
         if config.coarse_mesh_every and done % config.coarse_mesh_every == 0:
             from .export import coarse_mesh
-            vertices, faces, colors = coarse_mesh(model)
+            vertices, faces, colors = coarse_mesh(model, threshold=config.mesh_threshold)
             on_event(CoarseMesh(step=done, vertices=vertices, faces=faces, colors=colors))
         if config.checkpoint_every and done % config.checkpoint_every == 0:
             checkpoint(done, elapsed_before + time.perf_counter() - run_start)
@@ -213,16 +213,21 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
         return result
 
     model.eval()
-    views = render_views(model, 8, max(config.resolution, 128), device)
+    views = render_views(model, 8, config.resolution, device)
     result.outputs["turntable.png"] = save_png(grid(list(views), columns=4), out_dir / "turntable.png")
+    export_stats: dict = {}
     if config.export_mesh:
         from .export import export_mesh
-        exported = export_mesh(model, out_dir, resolution=config.mesh_resolution, face_budget=config.face_budget,
-                               texture_size=config.texture_size, smooth=config.mesh_smooth)
-        result.outputs.update(exported.paths)
-        export_stats = exported.stats
-    else:
-        export_stats = {}
+        try:
+            exported = export_mesh(model, out_dir, resolution=config.mesh_resolution, face_budget=config.face_budget,
+                                   texture_size=config.texture_size, smooth=config.mesh_smooth,
+                                   threshold=config.mesh_threshold)
+            result.outputs.update(exported.paths)
+            export_stats = exported.stats
+        except UserError as error:  # keep the run's other results; the mesh can be re-exported later
+            export_stats = {"error": str(error)}
+            on_event(Log("warning", f"mesh export failed: {error} Re-export with: python -m backend export "
+                                    f"{checkpoint_path} --threshold LOWER"))
     result.report = build_report(config, prior, model, device, timings, elapsed, step, export_stats)
     report_path = out_dir / "report.json"
     tmp = report_path.with_name("report.json.tmp")
@@ -255,18 +260,16 @@ def build_report(config, prior, model, device, timings, elapsed, steps_done, exp
         "export": export_stats,
     }
     if hasattr(prior, "ground_truth"):
-        report["ground_truth"] = ground_truth_metrics(model, prior.ground_truth())
+        report["ground_truth"] = ground_truth_metrics(model, prior.ground_truth(), config.mesh_threshold)
     return report
 
 
 @torch.no_grad()
-def ground_truth_metrics(model: NeRFModel, objects, threshold: float | None = None) -> dict:
+def ground_truth_metrics(model: NeRFModel, objects, threshold: float) -> dict:
     """For the exact prior: volume IoU of the field's occupancy against the best-matching prompt
     object, and the albedo error on that object's surface."""
-    from .export import DEFAULT_THRESHOLD
     from .metrics import albedo_error, best_match
 
-    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     device = next(model.parameters()).device
     density = lambda p: model.density(p.to(device))  # noqa: E731  (the metrics work on the CPU)
     albedo = lambda p: model.albedo(p.to(device))  # noqa: E731

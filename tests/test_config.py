@@ -10,7 +10,7 @@ from backend.errors import UserError
     (dict(steps=0), "steps = 0 is out of range"),
     (dict(steps=2.5), "steps must be a whole number"),
     (dict(cfg=float("nan")), "cfg must be a number"),
-    (dict(device="tpu"), "unknown device 'tpu'"),
+    (dict(device="tpu"), "device 'tpu' is not valid"),
 ])
 def test_bad_settings_name_the_field_and_the_fix(changes, needle):
     with pytest.raises(UserError, match=needle):

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..config import _range
+from ..config import check_range
 from ..errors import UserError
 from ..priors.base import TEXT, UNCOND, NoiseSchedule, Prior, View
 
@@ -90,8 +90,8 @@ class Method(ABC):
 
     def validate(self) -> None:
         """Raise UserError naming the first bad option and its allowed values."""
-        _range("max_steps", self.max_steps, 1, 10**9, integer=True)
-        _range("seed", self.seed, 0, 2**63 - 1, integer=True)
+        check_range("max_steps", self.max_steps, 1, 10**9, integer=True)
+        check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
         defaults = {f.name: f.default for f in fields(self)}
         for option, allowed in self.limits.items():
             value = getattr(self, option)
@@ -103,7 +103,7 @@ class Method(ABC):
                                     f"use one of {', '.join(map(repr, allowed))}")
             else:
                 low, high = allowed
-                _range(f"{self.name} option {option}", value, low, high, integer=isinstance(low, int))
+                check_range(f"{self.name} option {option}", value, low, high, integer=isinstance(low, int))
 
     def setup(self, prior: Prior) -> None:
         """Called once before the first step (e.g. FSD draws its world noise map here)."""

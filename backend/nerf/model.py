@@ -1,0 +1,148 @@
+"""NeRFModel: field + occupancy grid + sampler + volume renderer + shading + background.
+
+Rendering follows nerfacc's two-pass trick, in PyTorch: march through occupied cells, evaluate the
+density without gradients to find where each ray's transmittance falls below 1e-4 (only on rays
+that can get there), then evaluate, with gradients, only the samples before that point.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cameras import Cameras
+from ..errors import UserError
+from ..shading import SHADING_MODES, shade
+from .background import Background
+from .field import Field
+from .occupancy import OccupancyGrid
+from .renderer import accumulate, transmittance, weights
+from .sampler import RaySamples, march
+
+
+@dataclass
+class NeRFSettings:
+    """Defaults are threestudio's DreamFusion-SD (../shared/METHODS.md, "The NeRF side")."""
+
+    hash_levels: int = 16
+    features_per_level: int = 2
+    log2_table: int = 19
+    base_resolution: int = 16
+    per_level_scale: float = 1.447
+    levels_start: int = 8            # active hash levels at the start (progressive levels)
+    hidden: int = 64                 # width of the density and albedo MLPs
+    blob_density: float = 10.0       # density bias blob_density * (1 - |p| / blob_radius)
+    blob_radius: float = 0.5
+    background_hidden: int = 16
+    occupancy_resolution: int = 32
+    # Samples along the cube's diagonal: sets the marching step 2 sqrt(3) / max_samples_per_ray.
+    # threestudio's 512 spans its radius-2 box, so 256 here is its step in world units (and half the cost).
+    max_samples_per_ray: int = 512
+    occupancy_skipping: bool = True  # skip samples in empty occupancy cells
+    early_stop: float = 1e-4         # drop samples once transmittance is below this (0: keep all)
+
+
+@dataclass
+class RenderOutput:
+    rgb: torch.Tensor         # [B, H, W, 3] shaded, composited over the background
+    opacity: torch.Tensor     # [B, H, W, 1] sum of weights
+    depth: torch.Tensor       # [B, H, W, 1] sum_i w_i t_i: distance along the ray (0 where empty)
+    albedo: torch.Tensor      # [B, H, W, 3] unshaded colour over the background (previews)
+    normal: torch.Tensor      # [B, H, W, 3] sum_i w_i n_i, world space (not renormalised; 0 where empty)
+    background: torch.Tensor  # [B, H, W, 3]
+    orientation_loss: torch.Tensor  # scalar, DreamFusion's orientation penalty, mean over rays
+    num_samples: int          # samples evaluated with gradients
+
+
+class NeRFModel(nn.Module):
+    def __init__(self, settings: NeRFSettings | None = None, device: torch.device | str | None = None):
+        """device decides the hash encoding (tiny-cuda-nn on CUDA when installed); .to() still moves
+        the model as usual."""
+        super().__init__()
+        self.settings = settings or NeRFSettings()
+        self.field = Field(self.settings, device)
+        self.background = Background(self.settings.background_hidden).to(device or "cpu")
+        self.occupancy = OccupancyGrid(self.settings.occupancy_resolution).to(device or "cpu")
+        self.occupancy.initialize(self.field.density)
+
+    @property
+    def step_size(self) -> float:
+        """Marching step: max_samples_per_ray steps span the cube's diagonal 2 sqrt(3)."""
+        return 2.0 * math.sqrt(3.0) / self.settings.max_samples_per_ray
+
+    def field_parameters(self):
+        return self.field.parameters()
+
+    def background_parameters(self):
+        return self.background.parameters()
+
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        return self.field.density(points)
+
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
+        return self.field.albedo(points)
+
+    def set_active_levels(self, n: int) -> None:
+        self.field.set_active_levels(n)
+
+    def update_occupancy(self) -> None:
+        self.occupancy.update(self.field.density)
+
+    @torch.no_grad()
+    def _drop_occluded(self, samples: RaySamples, n_rays: int) -> RaySamples:
+        """Pass 1: drop the samples behind the point where a ray's transmittance falls below
+        early_stop. Only rays that may get there are evaluated: the occupancy grid keeps (decaying)
+        maxima of the density, so a ray whose transmittance through the grid's densities stays above
+        early_stop has nothing to drop (a wrong guess only costs time, never changes the image)."""
+        eps, step = self.settings.early_stop, self.step_size
+        bound = self.occupancy.lookup(self.occupancy.density, samples.points)
+        may_stop = torch.zeros(n_rays, dtype=torch.bool, device=bound.device)
+        may_stop[samples.ray[transmittance(bound * step, samples.ray, n_rays) < eps]] = True
+        check = may_stop[samples.ray]
+        if not check.any():
+            return samples
+        light_left = transmittance(self.field.density(samples.points[check]) * step, samples.ray[check], n_rays)
+        keep = torch.ones_like(check)
+        keep[check] = light_left > eps
+        return samples.select(keep)
+
+    def render(self, cameras: Cameras, shading: str, light_positions: torch.Tensor) -> RenderOutput:
+        if shading not in SHADING_MODES:
+            raise UserError(f"unknown shading mode {shading!r}: use one of {', '.join(SHADING_MODES)}")
+        batch, height, width = len(cameras), cameras.height, cameras.width
+        if tuple(light_positions.shape) != (batch, 3):
+            raise UserError(f"light_positions has shape {tuple(light_positions.shape)}: pass one light "
+                            f"position per camera, shape ({batch}, 3)")
+        origins, dirs = cameras.rays()
+        origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+        n_rays, step = origins.shape[0], self.step_size
+
+        occupied = self.occupancy.occupied(step) if self.settings.occupancy_skipping else None
+        samples = march(origins, dirs, step, self.settings.max_samples_per_ray, self.occupancy, occupied,
+                        jitter=self.training)
+        if len(samples) > 0 and self.settings.early_stop > 0:
+            samples = self._drop_occluded(samples, n_rays)
+
+        field = self.field(samples.points)       # pass 2, with gradients
+        w = weights(field.density, step, samples.ray, n_rays)
+        lights = light_positions.to(origins)[samples.ray // (height * width)]
+        color = shade(field.albedo, field.normal, samples.points, lights, shading)
+        per_ray = accumulate(w[:, None] * torch.cat(
+            [torch.ones_like(w)[:, None], samples.t[:, None], field.albedo, field.normal, color], dim=1),
+            samples.ray, n_rays)
+        opacity, depth, albedo, normal, rgb = per_ray.split([1, 1, 3, 3, 3], dim=1)
+
+        # DreamFusion eq. (orientation): sum_i stop_grad(w_i) max(0, n_i . d)^2, penalising normals that
+        # face away from the camera (d is the ray direction, camera -> point). Mean over all rays.
+        facing_away = F.relu((field.normal * dirs[samples.ray]).sum(-1))
+        orientation_loss = (w.detach() * facing_away ** 2).sum() / n_rays
+
+        background = self.background(dirs)
+        image = lambda x: x.reshape(batch, height, width, -1)  # noqa: E731
+        return RenderOutput(
+            rgb=image(rgb + (1.0 - opacity) * background), opacity=image(opacity), depth=image(depth),
+            albedo=image(albedo + (1.0 - opacity) * background), normal=image(normal),
+            background=image(background), orientation_loss=orientation_loss, num_samples=len(samples))

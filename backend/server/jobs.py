@@ -1,0 +1,215 @@
+"""Jobs on disk: data-dir/jobs/<job_id>/ holds request.json, status.json, the checkpoint, the latest
+preview (preview.png) and the result files.
+
+Every write is atomic (a temp file renamed over the old one), so a crash never leaves half a status.
+On start, a job that was running when the server died is queued again to resume from its checkpoint
+(or failed with the reason, after MAX_ATTEMPTS deaths); finished jobs and their results stay.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from shared.protocol import FILE_NAME_PATTERN, FINAL_STATES, JOB_ID_PATTERN, JOB_STATES, PREVIEW_NAME, ProtocolError
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3          # a job that took the server down this often is not retried again
+PERSIST_EVERY_S = 2.0     # progress reaches status.json at most this often (state changes: always)
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, value: Any) -> None:
+    write_atomic(path, json.dumps(value, indent=1, allow_nan=False).encode())
+
+
+@dataclass
+class Job:
+    job_id: str
+    folder: Path
+    request: dict[str, Any]       # the validated request as the client sent it
+    status: dict[str, Any]        # what status.json holds
+    cancel: threading.Event = field(default_factory=threading.Event)
+    persisted_at: float = 0.0
+
+    @property
+    def state(self) -> str:
+        return self.status["state"]
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / CHECKPOINT_NAME
+
+
+class JobStore:
+    """All jobs of one data dir, in memory and on disk. Thread-safe. `on_state(job)` is called after
+    every state change (the server publishes it)."""
+
+    def __init__(self, data_dir: Path, on_state: Callable[[Job], None] = lambda job: None):
+        self.root = Path(data_dir) / "jobs"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.on_state = on_state
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.RLock()
+
+    # -- startup ----------------------------------------------------------------------------------
+
+    def load(self) -> list[Job]:
+        """Read every job folder; return the jobs to queue, oldest first. Jobs that were running
+        are queued again (resume from checkpoint) or failed with the reason."""
+        with self._lock:
+            for folder in sorted(self.root.iterdir()):
+                if folder.is_dir() and JOB_ID_PATTERN.fullmatch(folder.name):
+                    job = self._read(folder)
+                    self._jobs[job.job_id] = job
+                    if job.state == "running":
+                        self._recover(job)
+            queued = [job for job in self._jobs.values() if job.state == "queued"]
+        return sorted(queued, key=lambda job: job.status.get("created", 0.0))
+
+    def _read(self, folder: Path) -> Job:
+        request = _read_json(folder / "request.json")
+        status = _read_json(folder / "status.json")
+        job = Job(folder.name, folder, request if isinstance(request, dict) else {},
+                  status if isinstance(status, dict) else {})
+        if not isinstance(request, dict):
+            self._damaged(job, "request.json is missing or damaged, so the job cannot run: submit it again")
+        elif not isinstance(status, dict) or status.get("state") not in JOB_STATES:
+            self._damaged(job, "status.json is missing or damaged, so the job's progress is unknown: "
+                               "submit it again")
+        return job
+
+    def _damaged(self, job: Job, message: str) -> None:
+        job.status = {**_new_status(job.job_id, job.request, {}, "unknown"), **job.status,
+                      "state": "failed", "message": message, "finished": time.time()}
+        job.status.setdefault("outputs", {})
+        _write_json(job.folder / "status.json", job.status)
+        log.warning("job %s: %s", job.job_id, message)
+
+    def _recover(self, job: Job) -> None:
+        attempts = int(job.status.get("attempts", 0))
+        if attempts >= MAX_ATTEMPTS:
+            message = (f"the backend stopped {attempts} times while running this job (a crash, running out of "
+                       "memory, or being killed), so it is not retried: submit it again with a lower resolution "
+                       "or fewer steps")
+            self.update(job, state="failed", message=message, finished=time.time())
+        elif job.checkpoint.exists():
+            self.update(job, state="queued", message="the backend restarted: the job resumes from its last checkpoint")
+        else:
+            self.update(job, state="queued", message="the backend restarted before the first checkpoint: "
+                                                     "the job starts again from the beginning")
+
+    # -- access -----------------------------------------------------------------------------------
+
+    def create(self, request: dict[str, Any], config: dict[str, Any], device: str) -> Job:
+        with self._lock:
+            job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+            while job_id in self._jobs:
+                job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+            folder = self.root / job_id
+            folder.mkdir()
+            job = Job(job_id, folder, request, _new_status(job_id, request, config, device))
+            _write_json(folder / "request.json", request)
+            _write_json(folder / "status.json", job.status)
+            job.persisted_at = time.monotonic()
+            self._jobs[job_id] = job
+            return job
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise ProtocolError(f"no job {job_id} on this backend: list the jobs to see their ids", "job_id",
+                                "not_found")
+        return job
+
+    def newest_first(self, limit: int) -> list[Job]:
+        with self._lock:
+            jobs = sorted(self._jobs.values(), key=lambda job: (job.status.get("created", 0.0), job.job_id),
+                          reverse=True)
+        return jobs[:limit]
+
+    def update(self, job: Job, persist: bool = True, **changes: Any) -> None:
+        """Change a job's status. With persist=False only memory changes, unless the last write is
+        older than PERSIST_EVERY_S (so a restart shows a recent step)."""
+        with self._lock:
+            state_changed = "state" in changes and changes["state"] != job.status.get("state")
+            job.status.update(changes)
+            now = time.monotonic()
+            if persist or state_changed or now - job.persisted_at > PERSIST_EVERY_S:
+                _write_json(job.folder / "status.json", job.status)
+                job.persisted_at = now
+        if state_changed:
+            self.on_state(job)
+
+    def public(self, job: Job) -> dict[str, Any]:
+        """The status a client sees: outputs as names, plus whether a preview can be fetched."""
+        with self._lock:
+            status = dict(job.status)
+        status["outputs"] = sorted(status.get("outputs", {}))
+        status["request"] = job.request
+        status["has_preview"] = (job.folder / PREVIEW_NAME).is_file()
+        status["cancel_requested"] = job.cancel.is_set() and status["state"] not in FINAL_STATES
+        return status
+
+    def result_path(self, job: Job, name: str) -> Path:
+        """The file behind a result name; only the job's recorded outputs and its preview qualify,
+        and the path must lie inside the job's folder."""
+        with self._lock:
+            outputs = dict(job.status.get("outputs", {}))
+        relative = PREVIEW_NAME if name == PREVIEW_NAME else outputs.get(name)
+        folder = job.folder.resolve()
+        path = (folder / relative).resolve() if relative else None
+        if path is None or not path.is_relative_to(folder) or not path.is_file():
+            names = ", ".join(sorted(outputs)) or "none yet"
+            raise ProtocolError(f"job {job.job_id} has no result {name!r}: its results are {names} "
+                                f"({PREVIEW_NAME} once a preview exists)", "name", "not_found")
+        return path
+
+    def record_outputs(self, job: Job, outputs: dict[str, Any]) -> dict[str, str]:
+        """name -> path relative to the job folder, for the outputs that lie inside it."""
+        folder = job.folder.resolve()
+        kept = {}
+        for name, path in outputs.items():
+            path = (folder / Path(path)).resolve()
+            if FILE_NAME_PATTERN.fullmatch(str(name)) and path.is_relative_to(folder) and path.is_file():
+                kept[str(name)] = path.relative_to(folder).as_posix()
+            else:
+                log.warning("job %s: output %s at %s is outside the job folder, missing or badly named; not served",
+                            job.job_id, name, path)
+        return kept
+
+
+def _new_status(job_id: str, request: dict, config: dict, device: str) -> dict[str, Any]:
+    return {"job_id": job_id, "state": "queued", "step": 0, "total": config.get("steps", 0), "message": "",
+            "outputs": {}, "created": time.time(), "started": None, "finished": None, "attempts": 0,
+            "device": device, "preview_step": None, "config": config}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

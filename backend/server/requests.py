@@ -1,0 +1,66 @@
+"""A validated protocol request -> the GenerateConfig the server runs, with the server's own choices
+(the device for "auto", live coarse meshes) filled in."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from shared.protocol import DEFAULT_PRESET, REQUEST_FIELDS, ProtocolError
+
+from ..config import GenerateConfig, with_preset
+from ..errors import UserError
+
+
+def resolve_device(name: str, default: str) -> str:
+    """"auto" -> the server's device; "cuda" -> "cuda:0", so one device has one name (one queue)."""
+    name = default if name == "auto" else name
+    return "cuda:0" if name == "cuda" else name
+
+
+def default_device(requested: str = "auto") -> str:
+    """The server's device (--device): for "auto" the first GPU if torch sees one, else the CPU."""
+    if not re.fullmatch(REQUEST_FIELDS["device"].pattern, requested):
+        raise UserError(f"--device {requested!r} is not a device: use auto, cpu, cuda or cuda:N")
+    if requested != "auto":
+        try:
+            check_device_exists(resolve_device(requested, "cpu"))
+        except ProtocolError as error:
+            raise UserError(error.message) from None
+        return resolve_device(requested, "cpu")
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def config_from_request(fields: dict[str, Any], device: str, coarse_mesh_every: int) -> GenerateConfig:
+    """`fields` (from shared.protocol.validate_request) -> a validated GenerateConfig. Raises
+    ProtocolError naming the field GenerateConfig.validate complains about."""
+    settings = dict(fields)
+    preset = settings.pop("preset", DEFAULT_PRESET)
+    settings.setdefault("coarse_mesh_every", coarse_mesh_every)  # live proxies unless the client says no
+    settings["device"] = resolve_device(settings.get("device", "auto"), device)
+    try:
+        config = with_preset(preset, **settings).validate()
+    except UserError as error:
+        raise ProtocolError(str(error), _field_named_in(str(error))) from None
+    except TypeError as error:  # a table field GenerateConfig lacks: the two have drifted apart
+        raise ProtocolError(f"this backend cannot take the request ({error}): update the backend", None) from None
+    check_device_exists(config.device)
+    return config
+
+
+def check_device_exists(device: str) -> None:
+    """ProtocolError naming "device" unless torch has this device (asked before any model loads)."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(device.partition(":")[2] or 0) >= count:
+        raise ProtocolError(f"device {device} asked for, but this backend sees {count} CUDA GPU(s): use device "
+                            "auto or cpu (or start the backend on a machine with that GPU)", "device")
+
+
+def _field_named_in(message: str) -> str | None:
+    """The first request field a UserError message mentions (they start with the field's name)."""
+    return next((word for word in re.findall(r"[a-z_]+", message) if word in REQUEST_FIELDS), None)

@@ -1,0 +1,300 @@
+"""The backend server: a ROUTER socket for commands (info, submit, cancel, status, jobs, fetch) and a
+PUB socket, on the next port, for events. One loop on one thread owns both sockets and never waits
+on training: jobs run on one worker thread per device (worker.py), their events come back through
+inproc sockets (publish.py) and are forwarded to subscribers. Every request is validated
+(shared.protocol); anything malformed gets an error reply naming the field, and the loop goes on.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from shared.protocol import (DEFAULT_HOST, DEFAULT_PORT, HARD_FRAME_LIMIT, MAX_REPLY_BYTES, MAX_REQUEST_BYTES,
+                             MAX_REQUEST_FRAMES, PRESETS, ProtocolError, check_version, pack, parse_header,
+                             validate_command, validate_request)
+from shared.version import PROTOCOL_VERSION, __version__
+
+from ..errors import UserError
+from .jobs import Job, JobStore
+from .prior_cache import Loader, PriorCache
+from .publish import EventBus
+from .requests import config_from_request, default_device, resolve_device
+from .security import ServerKeys, check_bind, secure_socket, start_authenticator
+from .worker import DeviceWorker, JobRunner, RunSettings, TrainFn
+
+log = logging.getLogger(__name__)
+
+EVENT_HWM = 200          # events queued per subscriber; a slow client loses old ones, the server stays small
+POLL_MS = 100            # how often the loop looks at the stop flag
+SHUTDOWN_WAIT_S = 60.0   # how long a stopping server waits for the running job to checkpoint
+
+
+class Server:
+    def __init__(self, data_dir: str | Path = "results/server", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                 device: str = "auto", *, keys: ServerKeys | None = None, train_fn: TrainFn | None = None,
+                 prior_loader: Loader | None = None, max_priors: int = 2, coarse_mesh_every: int = 100,
+                 preview_interval_s: float = 0.5, progress_interval_s: float = 0.1, event_hwm: int = EVENT_HWM):
+        """port=0 picks a free pair of ports (commands, events = commands + 1); see .port after start."""
+        self.data_dir, self.host, self.port, self.keys = Path(data_dir), host, port, keys
+        self.event_hwm = event_hwm
+        self._device_choice, self._train_fn = device, train_fn
+        self.priors = PriorCache(prior_loader, max_priors)
+        self._run_options = dict(coarse_mesh_every=coarse_mesh_every, preview_interval_s=preview_interval_s,
+                                 progress_interval_s=progress_interval_s)
+        self._stop = threading.Event()
+        self._workers: dict[str, DeviceWorker] = {}
+        self._started = False
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind the sockets, recover jobs from disk and start their workers. Raises UserError when
+        the address is refused or taken. The thread that calls start() must run serve_forever()."""
+        check_bind(self.host, self.keys)
+        self.device = default_device(self._device_choice)
+        self._context = zmq.Context()
+        try:
+            self._authenticator = start_authenticator(self._context, self.keys)
+            self._commands = self._socket(zmq.ROUTER)
+            self._commands.setsockopt(zmq.MAXMSGSIZE, HARD_FRAME_LIMIT)
+            self._events = self._socket(zmq.PUB)
+            self._events.sndhwm = self.event_hwm
+            self._bind_ports()
+            self._inbox = self._context.socket(zmq.PULL)
+            self._inbox.linger = 0
+            self._inbox.bind(f"inproc://distill3d-events-{id(self)}")
+        except BaseException:
+            self._close_sockets()
+            raise
+        self.bus = EventBus(self._context, f"inproc://distill3d-events-{id(self)}")
+        self.store = JobStore(self.data_dir, on_state=self._announce_state)
+        self.runner = JobRunner(self.store, self.bus, self.priors, RunSettings(self.device, **self._run_options),
+                                self._train_fn)
+        for job in self.store.load():
+            self._worker(job.status.get("device") or self.device).enqueue(job)
+        self._started = True
+        log.info("Distill3D backend %s listening on %s (events on port %d), data in %s, device %s", __version__,
+                 self.address, self.port + 1, self.data_dir, self.device)
+
+    @property
+    def address(self) -> str:
+        return f"tcp://{_host_for_url(self.host)}:{self.port}"
+
+    def serve_forever(self) -> None:
+        """Answer commands and forward events until stop() is called; then shut down cleanly."""
+        poller = zmq.Poller()
+        poller.register(self._commands, zmq.POLLIN)
+        poller.register(self._inbox, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                ready = dict(poller.poll(POLL_MS))
+                if self._inbox in ready:
+                    self._forward_events()
+                if self._commands in ready:
+                    for _ in range(32):  # then look at events again
+                        try:
+                            frames = self._commands.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._answer(frames)
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        """Ask serve_forever to return (from any thread or a signal handler)."""
+        self._stop.set()
+
+    def run_in_thread(self) -> threading.Thread:
+        """start() and serve_forever() on a new thread; returns once listening (start errors re-raised)."""
+        ready, failure = threading.Event(), []
+
+        def main() -> None:
+            try:
+                self.start()
+            except BaseException as error:  # noqa: BLE001 - handed to the caller
+                failure.append(error)
+                return
+            finally:
+                ready.set()
+            self.serve_forever()
+
+        thread = threading.Thread(target=main, name="distill3d-server", daemon=True)
+        thread.start()
+        ready.wait()
+        if failure:
+            raise failure[0]
+        return thread
+
+    def _shutdown(self) -> None:
+        self.runner.shutting_down.set()  # the running job checkpoints and goes back to "queued"
+        for worker in self._workers.values():
+            worker.stop()
+        deadline = time.monotonic() + SHUTDOWN_WAIT_S
+        for worker in self._workers.values():
+            worker.join(max(0.0, deadline - time.monotonic()))
+        self._forward_events()
+        if any(worker.is_alive() for worker in self._workers.values()):
+            # A step that will not end: leave its thread and sockets to the process exit (closing a socket
+            # another thread still uses is unsafe). The job stays "running" on disk and resumes next start.
+            log.warning("a job did not stop within %.0f s; exiting without it (it resumes from its last "
+                        "checkpoint at the next start)", SHUTDOWN_WAIT_S)
+            return
+        self.bus.close()
+        self._close_sockets()
+        self.priors.clear()
+        log.info("Distill3D backend stopped")
+
+    def _close_sockets(self) -> None:
+        for name in ("_commands", "_events", "_inbox"):
+            sock = getattr(self, name, None)
+            if sock is not None:
+                sock.close(linger=0)
+        if getattr(self, "_authenticator", None) is not None:
+            self._authenticator.stop()
+        self._context.term()
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        sock = self._context.socket(kind)
+        sock.linger = 0
+        sock.ipv6 = ":" in self.host
+        secure_socket(sock, self.keys)
+        return sock
+
+    def _bind_ports(self) -> None:
+        base = f"tcp://{_host_for_url(self.host)}"
+        if self.port:
+            for sock, port in ((self._commands, self.port), (self._events, self.port + 1)):
+                try:
+                    sock.bind(f"{base}:{port}")
+                except zmq.ZMQError as error:
+                    raise UserError(f"cannot listen on {base}:{port} ({error}): is another backend running? Stop it "
+                                    "or choose another --port (events use the next port too)") from None
+            return
+        for _ in range(100):  # port 0: a free pair of neighbouring ports
+            port = self._commands.bind_to_random_port(base, min_port=20000, max_port=60000)
+            try:
+                self._events.bind(f"{base}:{port + 1}")
+                self.port = port
+                return
+            except zmq.ZMQError:
+                self._commands.unbind(self._commands.last_endpoint)
+        raise UserError(f"found no free pair of ports on {self.host}: pass --port")
+
+    # -- workers and events -----------------------------------------------------------------------
+
+    def _worker(self, device: str) -> DeviceWorker:
+        device = resolve_device(device, self.device)
+        if device not in self._workers:
+            self._workers[device] = DeviceWorker(device, self.runner)
+            self._workers[device].start()
+        return self._workers[device]
+
+    def _announce_state(self, job: Job) -> None:
+        status = job.status
+        self.bus.publish(job.job_id, "state", {"state": status["state"], "message": status.get("message", ""),
+                                               "step": status.get("step", 0), "total": status.get("total", 0)})
+
+    def _forward_events(self) -> None:
+        for _ in range(1000):
+            try:
+                frames = self._inbox.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                self._events.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                pass  # PUB drops for slow subscribers by itself; this is belt and braces
+
+    # -- commands ---------------------------------------------------------------------------------
+
+    def _answer(self, frames: list[bytes]) -> None:
+        """Reply to one request, whatever it holds. Framing: [identity, (b"",) header, ...]."""
+        envelope, body = frames[:1], frames[1:]
+        if body and body[0] == b"":  # a REQ socket, or our DEALER client, sends an empty delimiter
+            envelope, body = frames[:2], frames[2:]
+        request_id = None
+        try:
+            if not body:
+                raise ProtocolError("the request has no header frame: send a JSON header", "header")
+            if len(body) > MAX_REQUEST_FRAMES or sum(len(frame) for frame in body) > MAX_REQUEST_BYTES:
+                raise ProtocolError(f"the request is larger than {MAX_REQUEST_BYTES} bytes or {MAX_REQUEST_FRAMES} "
+                                    "frames: requests carry settings only", None, "too_large")
+            header = parse_header(body[0])
+            request_id = header.get("id") if type(header.get("id")) is int and 0 <= header["id"] < 2**63 else None
+            check_version(header.get("v"), sender="client")
+            cmd, args = validate_command(header)
+            result, binary = getattr(self, f"_cmd_{cmd}")(**args)
+            reply = pack({"id": request_id, "ok": True, "result": result}, *binary)
+        except ProtocolError as error:
+            reply = pack({"id": request_id, "ok": False, "error": error.to_dict()})
+        except Exception as error:  # noqa: BLE001 - the server must survive any input
+            log.exception("error while answering a request")
+            reply = pack({"id": request_id, "ok": False, "error": ProtocolError(
+                f"the backend failed to answer ({type(error).__name__}: {error}); see its log", None,
+                "internal").to_dict()})
+        try:
+            self._commands.send_multipart(envelope + reply, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the client is gone
+
+    def _cmd_info(self) -> tuple[dict, list]:
+        return {"version": __version__, "protocol": PROTOCOL_VERSION, "device": self.device,
+                "devices": _devices(), "loaded_priors": self.priors.loaded(), "presets": list(PRESETS),
+                "event_port": self.port + 1,
+                "running": [job.job_id for job in (w.current for w in self._workers.values()) if job is not None],
+                "queued": sum(w.queued() for w in self._workers.values())}, []
+
+    def _cmd_submit(self, request: dict[str, Any]) -> tuple[dict, list]:
+        fields = validate_request(request)
+        config = config_from_request(fields, self.device, self._run_options["coarse_mesh_every"])
+        job = self.store.create(fields, config.to_dict(), config.device)
+        self._worker(config.device).enqueue(job)
+        self._announce_state(job)
+        log.info("job %s queued on %s: %r", job.job_id, config.device, config.prompt)
+        return self.store.public(job), []
+
+    def _cmd_cancel(self, job_id: str) -> tuple[dict, list]:
+        job = self.store.get(job_id)
+        if job.state not in ("done", "failed", "cancelled"):
+            job.cancel.set()  # a running job stops at its next step
+            worker = self._workers.get(resolve_device(job.status.get("device") or self.device, self.device))
+            if worker is not None and worker.remove(job):
+                self.store.update(job, state="cancelled", message="cancelled before it started",
+                                  finished=time.time())
+        return self.store.public(job), []
+
+    def _cmd_status(self, job_id: str) -> tuple[dict, list]:
+        return self.store.public(self.store.get(job_id)), []
+
+    def _cmd_jobs(self, limit: int = 100) -> tuple[list, list]:
+        return [self.store.public(job) for job in self.store.newest_first(limit)], []
+
+    def _cmd_fetch(self, job_id: str, name: str) -> tuple[dict, list]:
+        path = self.store.result_path(self.store.get(job_id), name)
+        size = path.stat().st_size
+        if size > MAX_REPLY_BYTES:
+            raise ProtocolError(f"{name} is {size} bytes, over the {MAX_REPLY_BYTES}-byte reply limit: copy it from "
+                                f"{path} on the backend machine", "name", "too_large")
+        data = path.read_bytes()
+        return {"name": name, "size": len(data)}, [data]
+
+
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+_DEVICES: list[str] = []
+
+
+def _devices() -> list[str]:
+    """The devices this machine offers (torch is asked once)."""
+    if not _DEVICES:
+        import torch
+
+        _DEVICES.extend(["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())])
+    return list(_DEVICES)

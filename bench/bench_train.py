@@ -1,0 +1,111 @@
+"""Training benchmarks on the built-in exact prior (CPU), printed as tables and saved as JSON + PNG.
+
+    python bench/bench_train.py speed                 # median step time and its breakdown, +/- occupancy grid
+    python bench/bench_train.py quality --steps 400   # IoU / albedo error per method on 5 catalog objects
+    python bench/bench_train.py diversity             # distinct colours reached for "a sphere" over 4 seeds
+
+Numbers are measured, never asserted: machines are noisy. Results go to bench/out/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from backend.config import with_preset
+from backend.checkpoint import load_model
+from backend.metrics import field_color
+from backend.pictures import grid, save_png
+from backend.train import train
+
+OUT = Path(__file__).resolve().parent / "out"
+METHODS = ("sds", "nfsd", "sdi", "fsd")
+OBJECTS = ("a red cube", "a blue sphere", "a yellow cylinder", "a green cone", "a purple torus")
+
+
+def run(prompt: str, method: str, steps: int, out: Path, **overrides):
+    config = with_preset("demo", prompt=prompt, method=method, steps=steps, preview_every=0,
+                         checkpoint_every=0, **overrides)
+    return train(config, out)
+
+
+def speed(args) -> dict:
+    rows = {}
+    for label, overrides in (("occupancy grid", {}), ("no occupancy grid", {"occupancy_resolution": 8,
+                                                                             "occupancy_every": 10**9})):
+        result = run("a red cube", "sds", args.steps, OUT / f"speed_{label.replace(' ', '_')}",
+                     export_mesh=False, **overrides)
+        report = result.report
+        rows[label] = {"median_step_s": report["median_step_s"], **report["median_breakdown_s"],
+                       "projected_1000_steps_min": report["median_step_s"] * 1000 / 60}
+    print(f"\nStep time at the demo settings (64x64, {args.steps} steps, {torch.get_num_threads()} threads)")
+    print(f"{'':20s} {'step s':>8s} {'render':>8s} {'prior':>8s} {'backward':>9s} {'1000 steps':>11s}")
+    for label, r in rows.items():
+        print(f"{label:20s} {r['median_step_s']:8.3f} {r['render']:8.3f} {r['prior']:8.3f} {r['backward']:9.3f} "
+              f"{r['projected_1000_steps_min']:9.1f} min")
+    return rows
+
+
+def quality(args) -> dict:
+    rows, pictures, labels = {}, [], []
+    for prompt in args.objects:
+        for method in args.methods:
+            start = time.perf_counter()
+            result = run(prompt, method, args.steps, OUT / f"quality_{method}_{prompt.replace(' ', '_')}",
+                         mesh_resolution=128, texture_size=256)
+            truth = result.report["ground_truth"]
+            rows[f"{method} | {prompt}"] = {"volume_iou": truth["volume_iou"], "albedo_error": truth["albedo_error"],
+                                            "export": {k: result.report["export"].get(k) for k in ("faces", "error")},
+                                            "seconds": time.perf_counter() - start}
+            pictures.append(np.asarray(Image.open(result.outputs["turntable.png"]))[: args.tile, : args.tile])
+            labels.append(f"{method}: {prompt[2:]}")
+            print(f"{method:5s} {prompt:20s} IoU {truth['volume_iou']:.3f}  albedo err {truth['albedo_error']:.3f}",
+                  flush=True)
+    save_png(grid(pictures, labels, columns=len(args.methods)), OUT / "quality_grid.png")
+    print("\nmethod  " + "  ".join(f"{p[2:]:>16s}" for p in args.objects) + "   mean IoU")
+    for method in args.methods:
+        ious = [rows[f"{method} | {p}"]["volume_iou"] for p in args.objects]
+        print(f"{method:6s}  " + "  ".join(f"{i:16.3f}" for i in ious) + f"   {statistics.mean(ious):.3f}")
+    return rows
+
+
+def diversity(args) -> dict:
+    rows = {}
+    for method in args.methods:
+        colors = []
+        for seed in range(args.seeds):
+            result = run("a sphere", method, args.steps, OUT / f"diversity_{method}_{seed}", seed=seed,
+                         export_mesh=False)
+            model, _ = load_model(result.outputs["checkpoint.pt"])
+            colors.append(field_color(model.density, model.albedo, result.report['settings']['mesh_threshold']))
+        rows[method] = {"colors": colors, "distinct": len({c for c in colors if c is not None})}
+        print(f"{method:5s} colours over {args.seeds} seeds: {colors} -> {rows[method]['distinct']} distinct", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("speed", "quality", "diversity", "all"), nargs="?", default="all")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--objects", nargs="+", default=list(OBJECTS))
+    parser.add_argument("--tile", type=int, default=64, help="pixels of each turntable shown in the grid")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    OUT.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for what, fn in (("speed", speed), ("quality", quality), ("diversity", diversity)):
+        if args.what in (what, "all"):
+            results[what] = fn(args)
+            (OUT / f"train_{what}.json").write_text(json.dumps(results[what], indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""The add-on's operators: the panel's buttons, and the scripting API (see README.md in this folder).
+
+    bpy.ops.distill3d.generate(prompt="a red cube", method="fsd", preset="tiny", wait=True)
+
+With wait=True the operator blocks and drives the add-on's polling itself until the mesh is in the
+scene (timers never fire in `blender -b`); a failure raises RuntimeError carrying the backend's
+message. Without it, it returns at once and the timer follows the job.
+"""
+from __future__ import annotations
+
+import time
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+
+from . import launcher, prefs, props, sync
+from .session import ACTIVE
+
+# A blocking call gives a backend that stopped answering this many client timeouts to come back
+# before it fails: a script should fail fast, not hang on a dead backend.
+LOST_GRACE_TIMEOUTS = 2.0
+
+
+def _cursor(context) -> tuple[float, float, float]:
+    return tuple(context.scene.cursor.location)
+
+
+class DISTILL3D_OT_generate(bpy.types.Operator):
+    """Generate a textured 3D object from the prompt on the Distill3D backend"""
+    bl_idname = "distill3d.generate"
+    bl_label = "Generate"
+    bl_options = {"REGISTER"}
+
+    # Each one left unset takes the panel's value (Scene.distill3d).
+    prompt: StringProperty(name="Prompt", options={"SKIP_SAVE"})
+    negative: StringProperty(name="Negative prompt", options={"SKIP_SAVE"})
+    method: EnumProperty(name="Method", items=props.METHODS, options={"SKIP_SAVE"})
+    preset: EnumProperty(name="Quality", items=props.PRESETS, options={"SKIP_SAVE"})
+    steps: IntProperty(name="Steps", min=0, options={"SKIP_SAVE"})
+    resolution: IntProperty(name="Resolution", min=0, options={"SKIP_SAVE"})
+    seed: IntProperty(name="Seed", min=0, options={"SKIP_SAVE"})
+    variations: IntProperty(name="Variations", min=1, max=16, default=1, options={"SKIP_SAVE"})
+    preview_every: IntProperty(name="Preview every", min=0, options={"SKIP_SAVE"})
+    mesh_resolution: IntProperty(name="Mesh resolution", min=0, options={"SKIP_SAVE"})
+    texture_size: IntProperty(name="Texture size", min=0, options={"SKIP_SAVE"})
+    live_mesh: BoolProperty(name="Live mesh", default=True, options={"SKIP_SAVE"})
+    prior: StringProperty(name="Model", options={"SKIP_SAVE"})
+    extra: StringProperty(name="Extra", options={"SKIP_SAVE"},
+                          description="More request settings as a JSON object, e.g. {\"lr\": 0.05}")
+    wait: BoolProperty(name="Wait", default=False, options={"SKIP_SAVE"},
+                       description="Block until the mesh is imported (for scripts and blender -b)")
+    timeout: FloatProperty(name="Timeout", default=24 * 3600.0, min=1.0, options={"SKIP_SAVE"},
+                           description="With wait: give up after this many seconds")
+
+    def execute(self, context):
+        overrides = {name: getattr(self, name) for name in
+                     ("prompt", "negative", "method", "preset", "steps", "resolution", "seed", "variations",
+                      "preview_every", "mesh_resolution", "texture_size", "live_mesh", "prior", "extra")
+                     if self.properties.is_property_set(name)}
+        try:
+            requests = props.requests(context.scene.distill3d, **overrides)
+        except props.BadSettings as error:
+            self.report({"ERROR"}, f"Distill3D: {error}")
+            return {"CANCELLED"}
+        if not requests[0]["prompt"]:
+            self.report({"ERROR"}, "The prompt is empty: type what to make, e.g. \"a red cube\"")
+            return {"CANCELLED"}
+        session = sync.session()
+        sync.start_timer()
+        if not self.wait:
+            session.submit(requests, _cursor(context))
+            self.report({"INFO"}, f"Distill3D: starting {len(requests)} job(s) for \"{requests[0]['prompt']}\"")
+            return {"FINISHED"}
+        return self._run_blocking(session, requests, _cursor(context))
+
+    def _run_blocking(self, session, requests, origin):
+        answer: dict = {}
+        session.submit(requests, origin, on_submitted=lambda jobs, error: answer.update(jobs=jobs, error=error))
+        if not sync.run_until(lambda: answer, timeout_s=len(requests) * session.timeout_s + 5.0):
+            self.report({"ERROR"}, f"Distill3D: no answer from {session.address}: start the backend")
+            return {"CANCELLED"}
+        jobs = answer["jobs"]
+        if answer["error"] or not jobs:
+            self.report({"ERROR"}, f"Distill3D: {answer['error']}")
+            if not jobs:
+                return {"CANCELLED"}
+        lost_since = None
+
+        def settled() -> bool:
+            nonlocal lost_since
+            if any(job.lost_contact for job in jobs):  # the backend stopped answering mid-job
+                lost_since = lost_since or time.monotonic()
+                return time.monotonic() - lost_since > LOST_GRACE_TIMEOUTS * session.timeout_s
+            lost_since = None
+            return all(job.finished for job in jobs)
+
+        finished_in_time = sync.run_until(settled, timeout_s=self.timeout)
+        problems = []
+        for job in jobs:
+            if job.lost_contact and job.state in ACTIVE:
+                problems.append(f"the backend at {session.address} stopped answering while \"{job.prompt}\" was "
+                                f"{job.state}: restart it ({session.backend_message or 'no answer'})")
+            elif job.state == "failed":
+                problems.append(f"\"{job.prompt}\" failed: {job.message or 'the backend gave no reason'}")
+            elif job.state == "cancelled":
+                problems.append(f"\"{job.prompt}\" was cancelled")
+            elif job.import_error:
+                problems.append(job.import_error)
+            elif not job.finished:
+                problems.append(f"\"{job.prompt}\" is still {job.state} after {self.timeout:g} s: "
+                                "raise timeout, or cancel it with bpy.ops.distill3d.cancel()")
+        if problems or not finished_in_time:
+            self.report({"ERROR"}, "Distill3D: " + "; ".join(problems or ["timed out"]))
+            return {"CANCELLED"}
+        names = ", ".join(name for job in jobs for name in job.object_names[:1])
+        self.report({"INFO"}, f"Distill3D: imported {names}")
+        return {"FINISHED"}
+
+
+class DISTILL3D_OT_cancel(bpy.types.Operator):
+    """Stop the running Distill3D jobs (or one job, by id)"""
+    bl_idname = "distill3d.cancel"
+    bl_label = "Cancel"
+    bl_options = {"REGISTER"}
+
+    job_id: StringProperty(name="Job", description="The job to cancel (empty: all running jobs from here)")
+
+    def execute(self, context):
+        session = sync.session()
+        ids = [self.job_id] if self.job_id else [job.job_id for job in session.active_jobs]
+        for job_id in ids:
+            session.cancel(job_id)
+        self.report({"INFO"}, f"Distill3D: cancelling {len(ids)} job(s)")
+        return {"FINISHED"}
+
+
+class DISTILL3D_OT_import_job(bpy.types.Operator):
+    """Import the mesh of a finished job from the backend's history, at the 3D cursor"""
+    bl_idname = "distill3d.import_job"
+    bl_label = "Import"
+    bl_options = {"REGISTER"}
+
+    job_id: StringProperty(name="Job")
+    wait: BoolProperty(name="Wait", default=False, options={"SKIP_SAVE"},
+                       description="Block until imported (for scripts)")
+
+    def execute(self, context):
+        session = sync.session()
+        status = next((s for s in session.history if s.get("job_id") == self.job_id), None)
+        job = session.reimport(status or {"job_id": self.job_id, "state": "done"}, _cursor(context))
+        sync.start_timer()
+        if self.wait:
+            sync.run_until(lambda: job.finished, timeout_s=session.timeout_s + 60.0)
+            if not job.imported:
+                self.report({"ERROR"}, f"Distill3D: {job.import_error or 'the mesh did not arrive'}")
+                return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class DISTILL3D_OT_start_backend(bpy.types.Operator):
+    """Start a local Distill3D backend with the Python and folder set in the add-on preferences"""
+    bl_idname = "distill3d.start_backend"
+    bl_label = "Start backend"
+
+    def execute(self, context):
+        p = prefs.get(context)
+        try:
+            launcher.start(bpy.path.abspath(p.python_path), bpy.path.abspath(p.backend_path), p.port,
+                           bpy.path.abspath(p.data_dir))
+        except launcher.LaunchError as error:
+            self.report({"ERROR"}, f"Distill3D: {error}")
+            return {"CANCELLED"}
+        except OSError as error:
+            self.report({"ERROR"}, f"Distill3D: could not start the backend ({error}): check \"Backend Python\" "
+                                   "in the add-on preferences")
+            return {"CANCELLED"}
+        sync.session().probe_now()
+        sync.start_timer()
+        self.report({"INFO"}, "Distill3D: starting the backend (it takes a few seconds to load)")
+        return {"FINISHED"}
+
+
+class DISTILL3D_OT_stop_backend(bpy.types.Operator):
+    """Stop the backend this Blender started"""
+    bl_idname = "distill3d.stop_backend"
+    bl_label = "Stop backend"
+
+    def execute(self, context):
+        launcher.stop()
+        sync.session().probe_now()
+        return {"FINISHED"}
+
+
+class DISTILL3D_OT_refresh(bpy.types.Operator):
+    """Check on the backend now and reload the job history"""
+    bl_idname = "distill3d.refresh"
+    bl_label = "Refresh"
+
+    def execute(self, context):
+        session = sync.session()
+        session.probe_now()
+        session.refresh_history()
+        sync.start_timer()
+        return {"FINISHED"}
+
+
+CLASSES = (DISTILL3D_OT_generate, DISTILL3D_OT_cancel, DISTILL3D_OT_import_job, DISTILL3D_OT_start_backend,
+           DISTILL3D_OT_stop_backend, DISTILL3D_OT_refresh)

@@ -1,0 +1,173 @@
+"""The panel's settings (stored in the scene, so they are saved with the .blend) and how they become a
+job request (shared/protocol.py REQUEST_FIELDS names, checked there by the backend).
+
+Advanced numbers use 0 (or an unticked box) for "the preset's / the method's default", so a preset
+change is never silently overridden by a stale number.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+
+from .shared.protocol import REQUEST_FIELDS
+
+# One-line descriptions, as the backend's methods describe themselves (backend/methods/*.py).
+METHODS = [
+    ("sds", "SDS", "Score Distillation Sampling (DreamFusion): random t, fresh noise, CFG 100; the baseline, "
+                   "smooth and saturated"),
+    ("nfsd", "NFSD", "Noise-Free Score Distillation: SDS without the noise residual, using a negative prompt; "
+                     "CFG 7.5, sharper and less saturated"),
+    ("sdi", "SDI", "Score Distillation via Inversion: DDIM-inverts each render instead of adding random noise; "
+                   "CFG 7.5, sharp, slower"),
+    ("fsd", "FSD", "Flow Score Distillation: decreasing t and camera-fixed noise, a DDIM-like flow; CFG 7.5, "
+                   "diverse results across seeds"),
+]
+PRESETS = [
+    ("tiny", "Tiny", "Seconds on a CPU: checks that everything works, the shape is rough"),
+    ("draft", "Draft", "A first look: 800 steps at 64 px"),
+    ("standard", "Standard", "3000 steps, 256^3 mesh, 1024 px texture"),
+    ("high", "High", "10000 steps at 128 px, 2048 px texture: best quality, needs a GPU"),
+]
+WEIGHTINGS = [("sds", "1 - ᾱt", "DreamFusion's weighting w(t) = 1 - ᾱt"), ("uniform", "Uniform", "w(t) = 1")]
+
+# Method-specific settings: property -> (backend option name, the backend's default, methods it applies to).
+# Only values that differ from the default are sent, so the backend's own defaults stay in charge.
+METHOD_OPTIONS: dict[str, tuple[str, Any, tuple[str, ...]]] = {
+    "weighting": ("weighting", "sds", ("sds", "nfsd", "fsd")),
+    "anneal_after": ("anneal_after", 0, ("sds", "nfsd")),
+    "inversion_cfg": ("inversion_cfg", -7.5, ("sdi",)),
+    "entropy": ("entropy", 0.3, ("sdi",)),
+    "inversion_steps": ("inversion_steps", 10, ("sdi",)),
+    "beta": ("beta", 1.0, ("fsd",)),
+    "theta": ("theta", 180.0, ("fsd",)),
+}
+
+
+def _limits(name: str) -> dict[str, Any]:
+    """min/max of a request field, from the protocol's table (the one source of the ranges)."""
+    spec = REQUEST_FIELDS[name]
+    return {"min": spec.low, "max": spec.high}
+
+
+class BadSettings(ValueError):
+    """Settings that cannot become a request; the message says how to fix them."""
+
+
+class Distill3DSettings(bpy.types.PropertyGroup):
+    prompt: StringProperty(name="Prompt", description="What to make, e.g. \"a red cube\"", default="a red cube")
+    negative: StringProperty(name="Negative", description="What to avoid (empty: the method's default; NFSD "
+                             "has its own)", default="")
+    method: EnumProperty(name="Method", items=METHODS, default="sds", description="Score distillation method")
+    preset: EnumProperty(name="Quality", items=PRESETS, default="draft", description="Quality preset")
+    variations: IntProperty(name="Variations", min=1, max=16, default=1,
+                            description="Make this many seeds of the prompt, placed side by side")
+    live_mesh: BoolProperty(name="Live mesh", default=True,
+                            description="Show a rough mesh in the viewport while training")
+
+    # Advanced: 0 / off = the preset's or method's value.
+    steps: IntProperty(name="Steps", default=0, soft_max=20000, description="Optimisation steps (0: preset)",
+                       min=0, max=int(REQUEST_FIELDS["steps"].high))
+    resolution: IntProperty(name="Resolution", default=0, min=0, max=int(REQUEST_FIELDS["resolution"].high),
+                            description="Render size in pixels while training (0: preset)")
+    use_cfg: BoolProperty(name="Guidance", default=False, description="Set the guidance scale (off: method default)")
+    cfg: FloatProperty(name="CFG", default=7.5, soft_min=0.0, soft_max=100.0, **_limits("cfg"),
+                       description="Classifier-free guidance scale")
+    seed: IntProperty(name="Seed", default=0, min=0, description="Random seed (variations use seed, seed+1, ...)")
+    prior: StringProperty(name="Model", default=REQUEST_FIELDS["prior"].default,
+                          description="\"shapes\" (the built-in prior) or a Stable Diffusion model id or folder")
+    preview_every: IntProperty(name="Preview every", default=0, min=0, soft_max=500,
+                               description="Steps between previews (0: backend default)")
+    mesh_resolution: IntProperty(name="Mesh resolution", default=0, min=0,
+                                 max=int(REQUEST_FIELDS["mesh_resolution"].high),
+                                 description="Marching cubes grid size (0: preset)")
+    texture_size: IntProperty(name="Texture size", default=0, min=0, max=int(REQUEST_FIELDS["texture_size"].high),
+                              description="Baked texture size in pixels (0: preset)")
+    extra: StringProperty(name="Extra", default="",
+                          description="More request settings as JSON, e.g. {\"lr\": 0.05} (names: shared/PROTOCOL.md)")
+
+    # Method-specific (see METHOD_OPTIONS).
+    weighting: EnumProperty(name="Weighting", items=WEIGHTINGS, default="sds", description="w(t) of the gradient")
+    anneal_after: IntProperty(name="Anneal after", default=0, min=0,
+                              description="From this step on, t is at most 0.5 (0: never)")
+    inversion_cfg: FloatProperty(name="Inversion CFG", default=-7.5, soft_min=-20, soft_max=20,
+                                 description="Guidance on the DDIM inversion (negative, as in the SDI paper)")
+    entropy: FloatProperty(name="Entropy", default=0.3, min=0.0, max=10.0,
+                           description="Noise added on each inversion step (SDI eq. 11)")
+    inversion_steps: IntProperty(name="Inversion steps", default=10, min=1, max=50,
+                                 description="DDIM inversion steps at the start")
+    beta: FloatProperty(name="Beta", default=1.0, min=0.0, max=1.0,
+                        description="1: camera-fixed noise only; 0: fresh noise like SDS")
+    theta: FloatProperty(name="Theta", default=180.0, min=1.0, max=360.0,
+                         description="Degrees of view one noise patch spans")
+
+
+def method_options(settings: Distill3DSettings) -> dict[str, Any]:
+    """The method-specific settings the user changed from the backend's defaults."""
+    chosen = {}
+    for prop, (option, default, methods) in METHOD_OPTIONS.items():
+        value = getattr(settings, prop)
+        # Blender stores floats in single precision: compare with a tolerance, not ==.
+        changed = abs(value - default) > 1e-6 if isinstance(default, float) else value != default
+        if settings.method in methods and changed:
+            chosen[option] = value
+    if chosen.get("anneal_after") == 0:
+        del chosen["anneal_after"]
+    return chosen
+
+
+def extra_settings(text: str) -> dict[str, Any]:
+    """The "Extra" JSON object of further request fields ({} when empty)."""
+    if not text.strip():
+        return {}
+    try:
+        extra = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BadSettings(f"Extra settings are not valid JSON ({error.msg} at character {error.pos}): write "
+                          "e.g. {\"lr\": 0.05}") from None
+    if not isinstance(extra, dict):
+        raise BadSettings("Extra settings must be a JSON object of setting names and values, e.g. {\"lr\": 0.05}")
+    return extra
+
+
+def requests(settings: Distill3DSettings, **override: Any) -> list[dict[str, Any]]:
+    """One job request per variation (seed, seed + 1, ...). `override` replaces panel values (scripts)."""
+    values = {name: getattr(settings, name) for name in
+              ("prompt", "negative", "method", "preset", "variations", "steps", "resolution", "seed", "prior",
+               "preview_every", "mesh_resolution", "texture_size", "live_mesh", "extra")}
+    values["cfg"] = settings.cfg if settings.use_cfg else None
+    values.update({k: v for k, v in override.items() if v is not None})
+    request: dict[str, Any] = {"prompt": values["prompt"].strip(), "method": values["method"],
+                               "preset": values["preset"], "prior": values["prior"].strip() or "shapes"}
+    if values["negative"].strip():
+        request["negative"] = values["negative"].strip()
+    if values["cfg"] is not None:
+        request["cfg"] = float(values["cfg"])
+    for name in ("steps", "resolution", "preview_every", "mesh_resolution", "texture_size"):
+        if values[name]:
+            request[name] = int(values[name])
+    if not values["live_mesh"]:
+        request["coarse_mesh_every"] = 0
+    options = method_options(settings) if values["method"] == settings.method else {}
+    if options:
+        request["method_options"] = options
+    request.update(extra_settings(values["extra"]))  # the backend checks every name and value
+    seed = int(values["seed"])
+    return [{**request, "seed": seed + i} for i in range(max(1, int(values["variations"])))]
+
+
+CLASSES = (Distill3DSettings,)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.distill3d = PointerProperty(type=Distill3DSettings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.distill3d
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

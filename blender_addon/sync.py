@@ -1,0 +1,135 @@
+"""The bridge from the session (sockets, plain data) to Blender data, on the main thread only.
+
+`tick` is the `bpy.app.timers` callback: one non-blocking `Session.tick`, then the updates applied to
+Blender data (preview image, live mesh, imported result) and the panel redrawn. In `blender -b`
+timers never fire, so `run_until` drives the very same tick in a loop for blocking scripted use.
+"""
+from __future__ import annotations
+
+import collections
+import time
+import traceback
+from typing import Callable
+
+import bpy
+
+from . import images, importer, prefs, proxy
+from .naming import datablock_name, variation_suffix
+from .session import Job, Session, Updates
+
+FAST_S = 0.1   # timer interval while a job runs
+SLOW_S = 0.5   # while idle (the backend is still checked on every few seconds)
+
+_session: Session | None = None
+# For bench/bench_addon.py: each tick's (seconds inside, previews, meshes, results applied), and the
+# seconds from the backend publishing a preview to the image datablock holding it (same clock).
+tick_times: collections.deque = collections.deque(maxlen=10_000)
+preview_latencies: collections.deque = collections.deque(maxlen=10_000)
+
+
+def session() -> Session:
+    """The add-on's one session, created on first use from the preferences."""
+    global _session
+    if _session is None:
+        p = prefs.get()
+        _session = Session(p.address, p.timeout)
+    return _session
+
+
+def current() -> Session | None:
+    """The session if there is one (drawing the panel never creates sockets)."""
+    return _session
+
+
+def reset_session() -> None:
+    """Close the session's sockets; the next use reconnects with the current preferences."""
+    global _session
+    if _session is not None:
+        _session.close()
+        _session = None
+
+
+def tick() -> float | None:
+    """The timer callback. Returns the delay until the next call; an error is shown, never raised
+    (Blender would silently drop a timer that raises)."""
+    try:
+        started = time.perf_counter()
+        s = session()
+        updates = s.tick()
+        apply(s, updates)
+        tick_times.append((time.perf_counter() - started, len(updates.previews), len(updates.meshes),
+                           len(updates.results)))
+        return FAST_S if s.busy else SLOW_S
+    except Exception as error:  # keep the timer alive and say what went wrong
+        traceback.print_exc()
+        if _session is not None:
+            _session.last_error = f"internal error in the Distill3D timer: {error}"
+        return SLOW_S
+
+
+def apply(s: Session, updates: Updates) -> None:
+    """Carry the session's news over into Blender data."""
+    for job_id, event in updates.previews.items():
+        job = s.jobs[job_id]
+        job.image_name = job.image_name or images.image_name(job.prompt, _suffix(job))
+        images.show_png(job.image_name, event["png"])
+        if isinstance(event.get("time"), (int, float)):
+            preview_latencies.append(time.time() - event["time"])
+    for job_id, event in updates.meshes.items():
+        job = s.jobs[job_id]
+        if job.imported or not job.request.get("coarse_mesh_every", 1):
+            continue
+        job.proxy_name = job.proxy_name or proxy.proxy_name(job.prompt, _suffix(job))
+        proxy.show_mesh(job.proxy_name, event, importer.placement(job.origin, job.slot))
+    for job, data in updates.results:
+        _import(job, data)
+    if updates:
+        redraw()
+
+
+def _suffix(job: Job) -> str:
+    return variation_suffix(job.variations, job.request.get("seed"))
+
+
+def _import(job: Job, data: bytes) -> None:
+    proxy.remove(job.proxy_name)
+    job.proxy_name = ""
+    try:
+        objects = importer.import_glb(data, datablock_name(job.prompt, _suffix(job)),
+                                      importer.placement(job.origin, job.slot))
+    except importer.ImportFailed as error:
+        job.import_error = str(error)
+        return
+    job.object_names = [obj.name for obj in objects]
+    job.imported = True
+
+
+def redraw() -> None:
+    """Ask every 3D view to redraw its sidebar (a timer changing data does not do that by itself)."""
+    for window in bpy.context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
+
+
+def run_until(done: Callable[[], bool], timeout_s: float, poll_s: float = 0.02) -> bool:
+    """Drive `tick` until `done()` (True) or the timeout (False). For scripts and `blender -b`."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        tick()
+        time.sleep(poll_s)
+    return True
+
+
+def start_timer() -> None:
+    if not bpy.app.timers.is_registered(tick):
+        bpy.app.timers.register(tick, first_interval=SLOW_S, persistent=True)
+
+
+def stop() -> None:
+    """Remove the timer and close every socket (add-on disabled)."""
+    if bpy.app.timers.is_registered(tick):
+        bpy.app.timers.unregister(tick)
+    reset_session()

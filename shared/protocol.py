@@ -1,0 +1,390 @@
+"""The wire protocol between clients (Blender add-on, scripts) and the backend server.
+
+Every message is a ZeroMQ multipart message: one JSON header frame, then zero or more raw binary
+frames (PNG bytes, mesh buffers, result files). Nothing is ever pickled. Every header carries the
+protocol version "v". shared/PROTOCOL.md describes the messages; this module is the single source of
+truth for the job request schema (REQUEST_FIELDS), the commands and their arguments, the size
+limits, and the validation both sides use.
+
+This package must import without torch or numpy (Blender loads it) and uses relative imports only
+(the add-on build copies it into the add-on as a subpackage).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .version import PROTOCOL_VERSION, __version__
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5555                # commands; events are published on DEFAULT_PORT + 1
+
+# Size limits. A request never carries binary data, so 1 MiB is generous; a larger one gets an error
+# reply. Beyond HARD_FRAME_LIMIT ZeroMQ itself drops the connection before the message is buffered.
+MAX_REQUEST_BYTES = 1 << 20
+MAX_REQUEST_FRAMES = 4
+HARD_FRAME_LIMIT = 16 << 20
+MAX_REPLY_BYTES = 512 << 20        # the largest result file a client accepts (a 8192^2 texture fits)
+MAX_HEADER_BYTES = 1 << 20
+
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+FINAL_STATES = ("done", "failed", "cancelled")
+EVENT_TYPES = ("state", "progress", "preview", "mesh", "log", "result")
+PREVIEW_NAME = "preview.png"       # the latest preview of a job, for clients that join late
+
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+FILE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+
+
+class ProtocolError(Exception):
+    """A message that cannot be accepted. `field` names the offending field (None when the whole
+    message is at fault); `code` is one of bad_request, version, not_found, too_large, internal."""
+
+    def __init__(self, message: str, field: str | None = None, code: str = "bad_request"):
+        super().__init__(message)
+        self.message, self.field, self.code = message, field, code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "field": self.field, "message": self.message}
+
+
+# ------------------------------------------------------------------------------------------------
+# The job request schema: what a client may set. Defaults and ranges mirror backend/config.py
+# GenerateConfig (tests/test_protocol.py checks that they agree); a request that leaves a field out
+# gets the value of its "preset" (backend.config.PRESETS), then the GenerateConfig default.
+
+@dataclass(frozen=True)
+class Field:
+    kind: str                          # "str" | "int" | "float" | "bool" | "options"
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+    pattern: str | None = None         # a regular expression the whole string must match
+    nullable: bool = False             # None is allowed (it means "the method's / automatic default")
+    required: bool = False
+    max_length: int = 256
+    help: str = ""
+
+
+METHODS = ("sds", "nfsd", "sdi", "fsd")
+PRESETS = ("tiny", "demo", "draft", "standard", "high")
+DEFAULT_PRESET = "draft"
+_N = 1_000_000  # upper bound for step counts
+
+REQUEST_FIELDS: dict[str, Field] = {
+    "preset": Field("str", DEFAULT_PRESET, choices=PRESETS, help="quality preset; other fields override it"),
+    "prompt": Field("str", None, required=True, max_length=1000, help="what to generate"),
+    "method": Field("str", "sds", choices=METHODS, help="distillation method"),
+    "prior": Field("str", "shapes", max_length=512, pattern=r"[^\x00-\x1f]+",
+                   help='"shapes" (built-in exact prior) or a diffusers model id / folder'),
+    "negative": Field("str", None, nullable=True, max_length=1000, help="negative prompt; null: method default"),
+    "steps": Field("int", 800, 1, _N, help="optimisation steps"),
+    "resolution": Field("int", 64, 8, 1024, help="render height = width, pixels"),
+    "cfg": Field("float", None, -1000.0, 1000.0, nullable=True, help="guidance scale; null: method default"),
+    "seed": Field("int", 0, 0, 2**63 - 1),
+    "method_options": Field("options", {}, help="method-specific options, name -> number/string/bool"),
+    "device": Field("str", "auto", pattern=r"auto|cpu|cuda(:[0-9]{1,2})?", help="auto, cpu, cuda or cuda:N"),
+    "view_dependent": Field("bool", True, help='append "front view" etc. to the prompt'),
+    "offline": Field("bool", False, help="never touch the network when loading a model"),
+    "lr": Field("float", 0.01, 1e-8, 10.0),
+    "background_lr": Field("float", 0.001, 0.0, 10.0),
+    "batch_size": Field("int", 1, 1, 64),
+    "lambda_orientation": Field("float", 10.0, 0.0, 1e6),
+    "lambda_orientation_end": Field("float", 1000.0, 0.0, 1e6),
+    "orientation_ramp_steps": Field("int", 5000, 0, _N),
+    "lambda_sparsity": Field("float", 0.0, 0.0, 1e6),
+    "albedo_steps": Field("int", None, 0, _N, nullable=True, help="null: 20% of the steps"),
+    "textureless_prob": Field("float", 0.5, 0.0, 1.0),
+    "max_samples_per_ray": Field("int", 512, 8, 4096),
+    "occupancy_resolution": Field("int", 32, 8, 256),
+    "occupancy_every": Field("int", 16, 1, _N),
+    "hash_levels": Field("int", 16, 1, 32),
+    "hash_log2_table": Field("int", 19, 10, 24),
+    "hash_levels_start": Field("int", 8, 1, 32),
+    "hash_levels_every": Field("int", None, 1, _N, nullable=True, help="null: scaled from the steps"),
+    "hash_levels_after": Field("int", None, 0, _N, nullable=True, help="null: scaled from the steps"),
+    "preview_every": Field("int", 50, 0, _N, help="steps between previews; 0: none"),
+    "checkpoint_every": Field("int", 200, 0, _N, help="steps between checkpoints; 0: none"),
+    "coarse_mesh_every": Field("int", 0, 0, _N, help="steps between live meshes; left out: the server's"),
+    "export_mesh": Field("bool", True),
+    "mesh_resolution": Field("int", 256, 16, 512, help="marching-cubes grid per side"),
+    "texture_size": Field("int", 1024, 16, 8192),
+    "face_budget": Field("int", 50_000, 100, 10_000_000),
+    "mesh_threshold": Field("float", 25.0, 0.0, 1e6, help="density level of the exported surface"),
+    "mesh_smooth": Field("bool", True, help="light Taubin smoothing: fewer UV charts and seams"),
+}
+
+_OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+MAX_OPTIONS = 32
+
+
+def _num(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_value(name: str, spec: Field, value: Any) -> Any:
+    """`value` if it fits `spec` (ints given for floats become floats), else ProtocolError naming `name`."""
+    if value is None:
+        if spec.nullable:
+            return None
+        raise ProtocolError(f"{name} must not be null: leave it out to get its default", name)
+    if spec.kind in ("int", "float"):
+        integer = spec.kind == "int"
+        kind = "a whole number" if integer else "a number"
+        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok or (not integer and not math.isfinite(value)):
+            raise ProtocolError(f"{name} must be {kind} from {_num(spec.low)} to {_num(spec.high)}, got {_show(value)}",
+                                name)
+        if not spec.low <= value <= spec.high:
+            raise ProtocolError(f"{name} = {_show(value)} is out of range: use {kind} from {_num(spec.low)} "
+                                f"to {_num(spec.high)}", name)
+        return value if integer else float(value)
+    if spec.kind == "bool":
+        if not isinstance(value, bool):
+            raise ProtocolError(f"{name} must be true or false, got {_show(value)}", name)
+        return value
+    if spec.kind == "str":
+        if not isinstance(value, str):
+            raise ProtocolError(f"{name} must be a string, got {_show(value)}", name)
+        if len(value) > spec.max_length:
+            raise ProtocolError(f"{name} is {len(value)} characters long: shorten it to at most {spec.max_length}", name)
+        if spec.choices is not None and value not in spec.choices:
+            raise ProtocolError(f"unknown {name} {_show(value)}: use one of {', '.join(spec.choices)}", name)
+        if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
+            raise ProtocolError(f"{name} {_show(value)} is not valid: {spec.help or 'see shared/PROTOCOL.md'}", name)
+        if spec.required and not value.strip():
+            raise ProtocolError(f'the {name} is empty: give a description, e.g. "a red cube"', name)
+        return value
+    if spec.kind == "options":
+        return _check_options(name, value)
+    raise AssertionError(f"unknown field kind {spec.kind}")
+
+
+def _check_options(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{name} must be a mapping of option name to value", name)
+    if len(value) > MAX_OPTIONS:
+        raise ProtocolError(f"{name} has {len(value)} entries: at most {MAX_OPTIONS} are allowed", name)
+    for key, item in value.items():
+        if not _OPTION_NAME.fullmatch(key):
+            raise ProtocolError(f"{name} has a bad option name {_show(key)}: use letters, digits and _", name)
+        scalar = isinstance(item, (bool, int, str)) or (isinstance(item, float) and math.isfinite(item))
+        if not scalar or (isinstance(item, str) and len(item) > 256) or (isinstance(item, int) and abs(item) > 2**63):
+            raise ProtocolError(f"{name}.{key} must be a finite number, a short string or true/false, "
+                                f"got {_show(item)}", f"{name}.{key}")
+    return dict(value)
+
+
+def validate_request(request: Any) -> dict[str, Any]:
+    """A job request checked against REQUEST_FIELDS: the fields it sets, normalised. Raises
+    ProtocolError naming the first bad field."""
+    if not isinstance(request, dict):
+        raise ProtocolError("request must be a mapping of setting name to value", "request")
+    unknown = sorted(str(key) for key in request if key not in REQUEST_FIELDS)
+    if unknown:
+        raise ProtocolError(f"unknown setting {_show(unknown[0])}: known settings are "
+                            f"{', '.join(REQUEST_FIELDS)}", unknown[0])
+    for name, spec in REQUEST_FIELDS.items():
+        if spec.required and name not in request:
+            raise ProtocolError(f"the request has no {name}: give one, e.g. \"a red cube\"", name)
+    return {name: check_value(name, REQUEST_FIELDS[name], value) for name, value in request.items()}
+
+
+def describe_request_fields() -> str:
+    """REQUEST_FIELDS as a Markdown table (shared/PROTOCOL.md embeds it; a test keeps them equal)."""
+    rows = ["| field | type | allowed | default | notes |", "|---|---|---|---|---|"]
+    for name, spec in REQUEST_FIELDS.items():
+        kind = spec.kind + (" or null" if spec.nullable else "")
+        if spec.choices:
+            allowed = ", ".join(spec.choices)
+        elif spec.low is not None:
+            allowed = f"{_num(spec.low)} .. {_num(spec.high)}"
+        elif spec.pattern and spec.kind == "str" and "|" in spec.pattern:
+            allowed = "`" + spec.pattern.replace("|", "\\|") + "`"
+        elif spec.kind == "str":
+            allowed = f"up to {spec.max_length} characters"
+        elif spec.kind == "options":
+            allowed = f"up to {MAX_OPTIONS} name: scalar pairs"
+        else:
+            allowed = "true, false"
+        default = "required" if spec.required else json.dumps(spec.default)
+        rows.append(f"| {name} | {kind} | {allowed} | {default} | {spec.help} |")
+    return "\n".join(rows) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# Commands: name -> argument name -> (checker, required). The request header is
+# {"v": 1, "id": <int>, "cmd": <name>, <arguments>...}.
+
+def _job_id(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not JOB_ID_PATTERN.fullmatch(value):
+        raise ProtocolError(f"{name} must be a job id (letters, digits, - and _), got {_show(value)}", name)
+    return value
+
+
+def _file_name(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not FILE_NAME_PATTERN.fullmatch(value):
+        raise ProtocolError(f"{name} must be a result file name such as mesh.glb, got {_show(value)}", name)
+    return value
+
+
+def _limit(name: str, value: Any) -> int:
+    return check_value(name, Field("int", 100, 1, 10_000), value)
+
+
+def _request(name: str, value: Any) -> dict[str, Any]:
+    return validate_request(value)
+
+
+COMMANDS: dict[str, dict[str, tuple[Any, bool]]] = {
+    "info": {},
+    "submit": {"request": (_request, True)},
+    "cancel": {"job_id": (_job_id, True)},
+    "status": {"job_id": (_job_id, True)},
+    "jobs": {"limit": (_limit, False)},
+    "fetch": {"job_id": (_job_id, True), "name": (_file_name, True)},
+}
+_ENVELOPE = ("v", "id", "cmd")
+
+
+def validate_command(header: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(command name, checked arguments) of a request header whose version was already checked."""
+    cmd = header.get("cmd")
+    if not isinstance(cmd, str) or cmd not in COMMANDS:
+        raise ProtocolError(f"cmd must be one of {', '.join(COMMANDS)}, got {_show(cmd)}", "cmd")
+    request_id = header.get("id")
+    if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, int)
+                                   or not 0 <= request_id < 2**63):
+        raise ProtocolError(f"id must be a whole number from 0 to 2^63-1, got {_show(request_id)}", "id")
+    spec = COMMANDS[cmd]
+    extra = sorted(str(key) for key in header if key not in spec and key not in _ENVELOPE)
+    if extra:
+        raise ProtocolError(f"{cmd} takes no argument {_show(extra[0])}: its arguments are "
+                            f"{', '.join(spec) or 'none'}", extra[0])
+    args = {}
+    for name, (check, required) in spec.items():
+        if name in header:
+            args[name] = check(name, header[name])
+        elif required:
+            raise ProtocolError(f"{cmd} needs the argument {name}", name)
+    return cmd, args
+
+
+# ------------------------------------------------------------------------------------------------
+# Framing
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with non-finite floats replaced by None, so the JSON stays standard."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def encode_header(header: dict[str, Any]) -> bytes:
+    return json.dumps(json_safe({"v": PROTOCOL_VERSION, **header}), allow_nan=False,
+                      separators=(",", ":")).encode("utf-8")
+
+
+def pack(header: dict[str, Any], *frames: bytes) -> list[bytes]:
+    """A message: the JSON header (with "v" added) followed by raw binary frames."""
+    return [encode_header(header), *frames]
+
+
+def parse_header(frame: bytes) -> dict[str, Any]:
+    """A header frame as a dict, without the version check (the server reads "id" first, so even a
+    version error reply can be matched to its request)."""
+    if len(frame) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"the header is {len(frame)} bytes: the limit is {MAX_HEADER_BYTES}", None, "too_large")
+    try:
+        header = json.loads(bytes(frame).decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise ProtocolError(f"the header is not UTF-8 JSON ({_show(str(error))}): send a JSON object "
+                            "as the first frame", "header") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("the header must be a JSON object", "header")
+    return header
+
+
+def decode_header(frame: bytes, sender: str = "client") -> dict[str, Any]:
+    """Parse a header frame and check its version. `sender` ("client" or "server") is the side
+    that wrote it, so a version error can say which side to update."""
+    header = parse_header(frame)
+    check_version(header.get("v"), sender)
+    return header
+
+
+def check_version(version: Any, sender: str) -> None:
+    """ProtocolError(code="version") unless `version` is ours, saying which side is older."""
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ProtocolError(f"v must be the protocol version number ({PROTOCOL_VERSION}), got {_show(version)}", "v")
+    if version == PROTOCOL_VERSION:
+        return
+    me = "server" if sender == "client" else "client"
+    older = sender if version < PROTOCOL_VERSION else me
+    what = {"client": "the Blender add-on (or client script)", "server": "the Distill3D backend"}[older]
+    raise ProtocolError(f"the {sender} speaks protocol {version} but the {me} speaks protocol {PROTOCOL_VERSION}: "
+                        f"update {what} to the same Distill3D version ({__version__} here)", "v", "version")
+
+
+def split_reply_envelope(frames: list[bytes]) -> list[bytes]:
+    """Drop the empty delimiter frame a ROUTER puts before the header (REQ-compatible framing)."""
+    return frames[1:] if frames and frames[0] == b"" else frames
+
+
+# ------------------------------------------------------------------------------------------------
+# Events on the PUB socket: [topic, header, *binary]. The topic makes per-job subscriptions cheap.
+
+def event_topic(job_id: str | None) -> bytes:
+    """The subscription prefix: one job's events, or everything for None."""
+    return b"" if job_id is None else f"job/{job_id}/".encode()
+
+
+# Binary frames of each event type, in order. Mesh buffers are little-endian: vertices float32 [V, 3]
+# (backend world, +Z up), faces int32 [F, 3], colors uint8 RGB [V, 3].
+EVENT_FRAMES = {"preview": ("png",), "mesh": ("vertices", "faces", "colors")}
+
+
+def decode_event(frames: list[bytes]) -> dict[str, Any]:
+    """An event dict from a PUB message; ProtocolError if it is malformed."""
+    if len(frames) < 2:
+        raise ProtocolError("an event needs a topic and a header frame", "frames")
+    event = decode_header(frames[1], sender="server")
+    kind = event.get("type")
+    if kind not in EVENT_TYPES or not isinstance(event.get("job_id"), str):
+        raise ProtocolError(f"unknown event type {_show(kind)}", "type")
+    names = EVENT_FRAMES.get(kind, ())
+    if len(frames) != 2 + len(names):
+        raise ProtocolError(f"a {kind} event has {len(names)} binary frames, got {len(frames) - 2}", "frames")
+    event.update({name: bytes(frame) for name, frame in zip(names, frames[2:])})
+    if kind == "mesh":
+        v, f = event.get("vertex_count"), event.get("face_count")
+        if not (isinstance(v, int) and isinstance(f, int) and len(event["vertices"]) == 12 * v
+                and len(event["faces"]) == 12 * f and len(event["colors"]) == 3 * v):
+            raise ProtocolError("a mesh event's buffers do not match its vertex and face counts", "mesh")
+    return event
+
+
+def event_address(address: str) -> str:
+    """The event stream's address: the command address with the port plus one."""
+    match = re.fullmatch(r"(tcp://.+):([0-9]{1,5})", address)
+    if not match or not 0 < int(match.group(2)) < 65535:
+        raise ProtocolError(f"address {_show(address)} is not tcp://HOST:PORT: use e.g. "
+                            f"tcp://127.0.0.1:{DEFAULT_PORT}", "address")
+    return f"{match.group(1)}:{int(match.group(2)) + 1}"

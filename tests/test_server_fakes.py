@@ -1,0 +1,120 @@
+"""A stand-in for backend.train with the same contract, fast and torch-free, for the server tests that
+are about the server (queueing, crashes, fuzzing, keys) rather than about training; the end-to-end
+tests use the real backend.train. Also the helpers the server tests share."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from backend.errors import UserError
+from backend.events import CoarseMesh, Log, Preview, Progress, ignore_event, never_stop
+
+
+@dataclass
+class FakeResult:
+    outputs: dict = field(default_factory=dict)
+    stopped: bool = False
+
+
+def fake_train(config, out_dir, on_event=ignore_event, should_stop=never_stop, prior=None, resume=False,
+               step_s: float = 0.01):
+    """Counts steps. Prompts containing "bad prompt" raise UserError, "crash" RuntimeError at step 2."""
+    out_dir = Path(out_dir)
+    checkpoint = out_dir / "checkpoint.pt"
+    step = json.loads(checkpoint.read_text())["step"] if resume and checkpoint.exists() else 0
+    if "bad prompt" in config.prompt:
+        raise UserError("the shapes prior knows no object in 'bad prompt': name a shape, e.g. \"a red cube\"")
+    on_event(Log("info", f"starting at step {step}"))
+    while step < config.steps:
+        if should_stop():
+            checkpoint.write_text(json.dumps({"step": step}))
+            return FakeResult(stopped=True)
+        if "crash" in config.prompt and step == 2:
+            raise RuntimeError("loss became NaN at step 2: lower lr")
+        time.sleep(step_s)
+        step += 1
+        on_event(Progress(step, config.steps, t=500, loss=1.0 / step, it_per_s=1 / max(step_s, 1e-3), eta_s=0.0))
+        if config.preview_every and step % config.preview_every == 0:
+            image = np.full((config.resolution, config.resolution, 3), step % 256, dtype=np.uint8)
+            on_event(Preview(step, image))
+        if config.coarse_mesh_every and step % config.coarse_mesh_every == 0:
+            on_event(CoarseMesh(step, np.eye(3, dtype=np.float32), np.array([[0, 1, 2]], dtype=np.int32),
+                                np.full((3, 3), 200, dtype=np.uint8)))
+        if config.checkpoint_every and step % config.checkpoint_every == 0:
+            checkpoint.write_text(json.dumps({"step": step}))
+    (out_dir / "mesh.glb").write_bytes(b"glTF" + config.prompt.encode())
+    (out_dir / "report.json").write_text(json.dumps({"steps": step, "resumed": resume}))
+    return FakeResult(outputs={"mesh.glb": out_dir / "mesh.glb", "report.json": out_dir / "report.json",
+                               "checkpoint.pt": checkpoint if checkpoint.exists() else out_dir / "report.json"})
+
+
+@contextlib.contextmanager
+def running_server(data_dir, **options):
+    """A Server on free loopback ports, on a thread; stopped (cleanly) on exit."""
+    from backend.server.server import Server
+
+    options.setdefault("train_fn", functools.partial(fake_train, step_s=0.01))
+    options.setdefault("prior_loader", CountingLoader())
+    options.setdefault("preview_interval_s", 0.0)
+    server = Server(data_dir, port=0, device="cpu", **options)
+    thread = server.run_in_thread()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(30)
+
+
+def subscribe_and_settle(client, job_id=None, settle_s: float = 1.0):
+    """Subscribe and give the subscription time to reach the server (ZeroMQ's "slow joiner": a SUB
+    socket misses what is published before its subscription arrives)."""
+    client.subscribe(job_id)
+    time.sleep(settle_s)
+
+
+def collect(client, until, timeout_s: float = 30.0, events=None):
+    """Poll events into a list until `until(events)` holds; fail after timeout_s."""
+    events = [] if events is None else events
+    deadline = time.monotonic() + timeout_s
+    while not until(events):
+        assert time.monotonic() < deadline, f"gave up waiting; got {[e['type'] for e in events]}"
+        events.extend(client.poll_events())
+        time.sleep(0.01)
+    return events
+
+
+def wait_state(client, job_id, states, timeout_s: float = 30.0):
+    """Poll status until the job is in one of `states`."""
+    deadline = time.monotonic() + timeout_s
+    while (status := client.status(job_id))["state"] not in states:
+        assert time.monotonic() < deadline, f"job {job_id} stuck in {status['state']}: {status['message']}"
+        time.sleep(0.02)
+    return status
+
+
+class CountingLoader:
+    """A prior loader that counts its calls; it wraps `load` (e.g. the real load_prior) if given."""
+
+    def __init__(self, load=None):
+        self.load, self.calls = load, []
+
+    def __call__(self, name, device, resolution=64, offline=False):
+        self.calls.append((name, str(device), resolution))
+        return object() if self.load is None else self.load(name, device, resolution=resolution, offline=offline)
+
+
+def test_fake_train_stops_with_a_checkpoint_and_resumes_from_it(tmp_path):
+    from backend.config import with_preset
+
+    config = with_preset("tiny", prompt="a cube", steps=6, checkpoint_every=100, preview_every=2)
+    events = []
+    stopped = fake_train(config, tmp_path, events.append, should_stop=lambda: len(events) > 3, step_s=0)
+    assert stopped.stopped and json.loads((tmp_path / "checkpoint.pt").read_text())["step"] >= 2
+    done = fake_train(config, tmp_path, events.append, resume=True, step_s=0)
+    assert not done.stopped and json.loads(done.outputs["report.json"].read_text()) == {"steps": 6, "resumed": True}

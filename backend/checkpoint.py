@@ -48,7 +48,7 @@ def load_model(path: Path, device: str | torch.device = "cpu"):
 
     state = load_checkpoint(path, map_location=device)
     config = GenerateConfig.from_dict(state["config"]).resolved()
-    model = NeRFModel(nerf_settings(config)).to(device)
+    model = NeRFModel(nerf_settings(config), device=device).to(device)
     model.load_state_dict(state["model"])
     model.eval()
     return model, config

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .config import METHOD_NAMES, PRESETS, with_preset
 from .errors import UserError
+from .runtime import tune_allocator
 
 EXIT_USAGE = 2
 
@@ -172,6 +173,7 @@ COMMANDS = {"generate": cmd_generate, "image": cmd_image, "compare": cmd_compare
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    tune_allocator()
     if argv[:1] == ["serve"]:  # the server parses its own flags
         from .server import serve_from_args
         return serve_from_args(argv[1:])

@@ -29,6 +29,7 @@ from .methods.base import gradient_loss
 from .nerf import NeRFModel
 from .pictures import grid, save_png, to_uint8
 from .priors import Prior, View, load_prior
+from .runtime import tune_allocator
 
 MAX_BAD_STEPS = 20  # consecutive non-finite gradients before the run is abandoned
 
@@ -93,13 +94,18 @@ def make_view(cameras, shading: str, lights: torch.Tensor, render) -> View:
 def render_views(model: NeRFModel, n: int, resolution: int, device: torch.device, shading: str = "lambertian"):
     """n turntable views [n, H, W, 3], lit from the camera side."""
     cams = turntable_cameras(n, resolution, resolution, device=device)
-    return torch.cat([model.render(cams[i:i + 1], shading, cams.positions[i:i + 1] * 1.5).rgb for i in range(n)])
+    was_training = model.training
+    model.eval()  # no sample jitter in pictures
+    views = torch.cat([model.render(cams[i:i + 1], shading, cams.positions[i:i + 1] * 1.5).rgb for i in range(n)])
+    model.train(was_training)
+    return views
 
 
 def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignore_event,
           should_stop: StopCheck = never_stop, prior: Prior | None = None, resume: bool = False) -> TrainResult:
     """Run (or resume) one text-to-3D distillation. See the module docstring."""
     config = config.validate().resolved()
+    tune_allocator()
     out_dir = prepare_output(out_dir)
     device = resolve_device(config.device)
     checkpoint_path = out_dir / "checkpoint.pt"
@@ -119,7 +125,7 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
     prior.set_prompts(config.prompt, negative, config.view_dependent)
     method.setup(prior)
 
-    model = NeRFModel(nerf_settings(config)).to(device)
+    model = NeRFModel(nerf_settings(config), device=device).to(device)
     optimizer = torch.optim.Adam([
         {"params": list(model.field_parameters()), "lr": config.lr},
         {"params": list(model.background_parameters()), "lr": config.background_lr},

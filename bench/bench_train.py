@@ -22,6 +22,7 @@ from backend.config import with_preset
 from backend.checkpoint import load_model
 from backend.metrics import field_color
 from backend.pictures import grid, save_png
+from backend.runtime import tune_allocator
 from backend.train import train
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -97,8 +98,10 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--objects", nargs="+", default=list(OBJECTS))
     parser.add_argument("--tile", type=int, default=64, help="pixels of each turntable shown in the grid")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when running two benches at once)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    tune_allocator()
     OUT.mkdir(parents=True, exist_ok=True)
     results = {}
     for what, fn in (("speed", speed), ("quality", quality), ("diversity", diversity)):

@@ -17,7 +17,7 @@ def run_cli(*args, timeout=300):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["generate", "a dragon"], "names nothing"),
+    (["generate", "a dragon"], "knows no object in the prompt"),
     (["generate", "a red cube", "--steps", "0"], "steps = 0 is out of range"),
     (["generate", "a red cube", "--cfg", "nan"], "cfg must be a number"),
     (["generate", "a red cube", "--set", "weighting=cubic"], "weighting"),

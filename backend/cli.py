@@ -42,6 +42,8 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                         help="a method option, e.g. --set weighting=uniform (repeatable)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--offline", action="store_true", help="never touch the network to load a model")
+    parser.add_argument("--prior-option", dest="prior_options", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Stable Diffusion option, e.g. --prior-option perp_neg=true (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +114,7 @@ def cmd_generate(args) -> int:
     config = with_preset(args.preset, prompt=args.prompt, method=args.method, prior=args.prior, cfg=args.cfg,
                          seed=args.seed, negative=args.negative, method_options=options_of(args) or None,
                          device=args.device, offline=args.offline or None, steps=args.steps,
+                         prior_options=dict(parse_option(o) for o in args.prior_options) or None,
                          resolution=args.resolution, preview_every=args.preview_every,
                          checkpoint_every=args.checkpoint_every, export_mesh=False if args.no_export else None)
     stop = CtrlC()

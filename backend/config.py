@@ -47,6 +47,7 @@ class GenerateConfig:
     device: str = "auto"             # "auto" | "cpu" | "cuda" | "cuda:N"
     view_dependent: bool = True      # append "front view" etc. to the prompt
     offline: bool = False            # never touch the network when loading a model
+    prior_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"perp_neg": True} for Stable Diffusion
 
     # optimisation (METHODS.md, the NeRF side)
     lr: float = 0.01

@@ -118,7 +118,8 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
     generator = torch.Generator().manual_seed(config.seed)
     if prior is None:
         on_event(Log("info", f"loading prior {config.prior!r}"))
-        prior = load_prior(config.prior, device, resolution=config.resolution, offline=config.offline)
+        prior = load_prior(config.prior, device, resolution=config.resolution, offline=config.offline,
+                           options=config.prior_options)
     method = make_method(config.method, cfg=config.cfg, options=config.method_options, max_steps=config.steps,
                          seed=config.seed)
     negative = config.negative if config.negative is not None else getattr(method, "default_negative", None)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.client import Client, ServerUnreachable  # noqa: E402
+from shared.ports import free_port_pair
 
 # The real workload: the tiny preset with previews every step, long enough to watch.
 REAL_JOB = {"preset": "tiny", "prompt": "a red cube", "steps": 100_000, "preview_every": 1, "checkpoint_every": 0,
@@ -75,17 +75,6 @@ def serve_flood(port: int, data_dir: str) -> None:
 
 # -- measuring ------------------------------------------------------------------------------------
 
-def free_port_pair() -> int:
-    for _ in range(100):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            try:
-                b.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port pair")
 
 
 def rss_mb(pid: int) -> float:

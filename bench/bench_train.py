@@ -2,6 +2,7 @@
 
     python bench/bench_train.py speed                 # median step time and its breakdown, +/- occupancy grid
     python bench/bench_train.py quality --steps 400   # IoU / albedo error per method on 5 catalog objects
+    python bench/bench_train.py mesh_quality          # mesh IoU, Chamfer, texture error of those runs' meshes
     python bench/bench_train.py diversity             # distinct colours reached for "a sphere" over 4 seeds
 
 Numbers are measured, never asserted: machines are noisy. Results go to bench/out/.
@@ -37,20 +38,16 @@ def run(prompt: str, method: str, steps: int, out: Path, **overrides):
 
 
 def speed(args) -> dict:
-    rows = {}
-    for label, overrides in (("occupancy grid", {}), ("no occupancy grid", {"occupancy_resolution": 8,
-                                                                             "occupancy_every": 10**9})):
-        result = run("a red cube", "sds", args.steps, OUT / f"speed_{label.replace(' ', '_')}",
-                     export_mesh=False, **overrides)
-        report = result.report
-        rows[label] = {"median_step_s": report["median_step_s"], **report["median_breakdown_s"],
-                       "projected_1000_steps_min": report["median_step_s"] * 1000 / 60}
+    """The demo settings' step time and its breakdown. (Rendering with and without the occupancy
+    grid is compared by bench/bench_render.py, which can switch the grid off.)"""
+    report = run("a red cube", "sds", args.steps, OUT / "speed", export_mesh=False).report
+    row = {"median_step_s": report["median_step_s"], **report["median_breakdown_s"],
+           "projected_1000_steps_min": report["median_step_s"] * 1000 / 60}
     print(f"\nStep time at the demo settings (64x64, {args.steps} steps, {torch.get_num_threads()} threads)")
-    print(f"{'':20s} {'step s':>8s} {'render':>8s} {'prior':>8s} {'backward':>9s} {'1000 steps':>11s}")
-    for label, r in rows.items():
-        print(f"{label:20s} {r['median_step_s']:8.3f} {r['render']:8.3f} {r['prior']:8.3f} {r['backward']:9.3f} "
-              f"{r['projected_1000_steps_min']:9.1f} min")
-    return rows
+    print(f"{'step s':>8s} {'render':>8s} {'prior':>8s} {'backward':>9s} {'1000 steps':>11s}")
+    print(f"{row['median_step_s']:8.3f} {row['render']:8.3f} {row['prior']:8.3f} {row['backward']:9.3f} "
+          f"{row['projected_1000_steps_min']:9.1f} min")
+    return row
 
 
 def quality(args) -> dict:
@@ -76,6 +73,26 @@ def quality(args) -> dict:
     return rows
 
 
+def mesh_quality(args) -> dict:
+    """Mesh IoU, Chamfer distance and baked-texture error of the meshes `quality` exported."""
+    from bench_export import accuracy  # the same measures the export benchmark uses
+
+    from backend.export.readback import load_asset
+    from backend.priors.shapes_world import parse_prompt
+
+    rows = {}
+    print(f"\n{'method':6s} {'object':20s} {'mesh IoU':>9s} {'Chamfer':>8s} {'tex err':>8s}")
+    for prompt in args.objects:
+        for method in args.methods:
+            path = OUT / f"quality_{method}_{prompt.replace(' ', '_')}" / "mesh.glb"
+            if not path.exists():
+                continue
+            row = accuracy(parse_prompt(prompt)[0], load_asset(path))
+            rows[f"{method} | {prompt}"] = row
+            print(f"{method:6s} {prompt:20s} {row['iou']:9.3f} {row['chamfer']:8.4f} {row['tex_err']:8.3f}", flush=True)
+    return rows
+
+
 def diversity(args) -> dict:
     rows = {}
     for method in args.methods:
@@ -92,7 +109,8 @@ def diversity(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("speed", "quality", "diversity", "all"), nargs="?", default="all")
+    parser.add_argument("what", choices=("speed", "quality", "mesh_quality", "diversity", "all"), nargs="?",
+                        default="all")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -104,7 +122,7 @@ def main() -> None:
     tune_allocator()
     OUT.mkdir(parents=True, exist_ok=True)
     results = {}
-    for what, fn in (("speed", speed), ("quality", quality), ("diversity", diversity)):
+    for what, fn in (("speed", speed), ("quality", quality), ("mesh_quality", mesh_quality), ("diversity", diversity)):
         if args.what in (what, "all"):
             results[what] = fn(args)
             (OUT / f"train_{what}.json").write_text(json.dumps(results[what], indent=1, default=str))

@@ -90,6 +90,8 @@ REQUEST_FIELDS: dict[str, Field] = {
     "device": Field("str", "auto", pattern=r"auto|cpu|cuda(:[0-9]{1,2})?", help="auto, cpu, cuda or cuda:N"),
     "view_dependent": Field("bool", True, help='append "front view" etc. to the prompt'),
     "offline": Field("bool", False, help="never touch the network when loading a model"),
+    "prior_options": Field("options", {}, help="Stable Diffusion options: perp_neg, latent_mode, attention_slicing, "
+                                                "vae_tiling, cpu_offload"),
     "lr": Field("float", 0.01, 1e-8, 10.0),
     "background_lr": Field("float", 0.001, 0.0, 10.0),
     "batch_size": Field("int", 1, 1, 64),

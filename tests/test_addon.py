@@ -11,7 +11,6 @@ import atexit
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ bpy = pytest.importorskip("bpy")
 
 from shared.client import Client, ServerUnreachable  # noqa: E402  (the repo's own copy, for setup only)
 from shared.version import PROTOCOL_VERSION, __version__  # noqa: E402
+from shared.ports import free_port_pair
 
 REPO = "user_default"
 ADDON = f"bl_ext.{REPO}.distill3d"
@@ -48,19 +48,6 @@ JOB_TIMEOUT_S = 600.0  # generous: the CI machine is shared
 
 # ----- helpers -------------------------------------------------------------------------------------
 
-def free_port_pair() -> int:
-    """A port p with p and p + 1 free (commands and events)."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            try:
-                with socket.socket() as b:
-                    b.bind(("127.0.0.1", port + 1))
-                    return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port pair on loopback")
 
 
 class Backend:

@@ -25,6 +25,8 @@ def run_cli(*args, timeout=300):
     (["generate", "a red cube", "--device", "cuda:0"], "no CUDA"),
     (["generate", "a red cube", "--out", "/proc/distill3d"], "cannot write to output folder"),
     (["export", "/nonexistent/checkpoint.pt"], "no checkpoint at"),
+    (["generate", "a red cube", "--prior-option", "perp_neg=true"], "'shapes' prior takes no options"),
+    (["generate", "a red cube", "--prior", "/tmp/sd", "--prior-option", "turbo=1"], "unknown prior option(s) turbo"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_code_2(args, needle):
     if "--device" in args:

@@ -2,7 +2,6 @@
 backend.train with the built-in "shapes" prior and the "tiny" preset, cut down to a few steps."""
 import io
 import json
-import socket
 import threading
 
 import numpy as np
@@ -14,6 +13,7 @@ from backend.priors import load_prior
 from shared.client import Client, ClientError, ServerUnreachable, VersionMismatch
 from shared.protocol import PROTOCOL_VERSION
 from tests.test_server_fakes import CountingLoader, collect, running_server, subscribe_and_settle, wait_state
+from shared.ports import free_port_pair
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,7 @@ def test_submit_streams_to_two_clients_then_results_fetch_and_the_prior_stays_lo
         first.cancel(again)
         assert wait_state(first, again, ("cancelled",), 120)["step"] >= 1
         assert backend.loader.calls == [("shapes", "cpu", 24)]  # loaded once, reused by the second job
-        assert first.info()["loaded_priors"] == [{"name": "shapes", "device": "cpu", "resolution": 24}]
+        assert first.info()["loaded_priors"] == [{"name": "shapes", "device": "cpu", "resolution": 24, "options": {}}]
         assert [j["job_id"] for j in first.jobs()[:2]] == [again, job]
 
 
@@ -144,17 +144,6 @@ def test_bad_requests_get_errors_naming_the_field(backend):
             assert error.value.field == "name"
 
 
-def free_port_pair():
-    for _ in range(100):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            try:
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port pair")
 
 
 def test_an_absent_server_times_out_clearly_and_a_request_from_then_is_never_delivered(tmp_path):

@@ -104,9 +104,10 @@ class CountingLoader:
     def __init__(self, load=None):
         self.load, self.calls = load, []
 
-    def __call__(self, name, device, resolution=64, offline=False):
+    def __call__(self, name, device, resolution=64, offline=False, options=None):
         self.calls.append((name, str(device), resolution))
-        return object() if self.load is None else self.load(name, device, resolution=resolution, offline=offline)
+        return object() if self.load is None else self.load(name, device, resolution=resolution, offline=offline,
+                                                            options=options)
 
 
 def test_fake_train_stops_with_a_checkpoint_and_resumes_from_it(tmp_path):

@@ -68,6 +68,13 @@ def gradient_loss(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((x - (x - g).detach()) ** 2).sum() / x.shape[0]
 
 
+def check_decreasing(method: "Method") -> None:
+    """SDI and FSD walk t down from t_start to t_end: refuse a schedule that would climb."""
+    if method.t_end > method.t_start:
+        raise UserError(f"{method.name} options: t_end = {method.t_end} is above t_start = {method.t_start}: "
+                        "t must decrease, so give t_end <= t_start")
+
+
 @dataclass
 class Method(ABC):
     """Base class. Subclasses are dataclasses whose fields are the user-settable options with the

@@ -15,9 +15,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
 from ..priors.base import Prior, View
-from .base import GradientOutput, Method, linear_timestep
+from .base import GradientOutput, Method, check_decreasing, linear_timestep
 from .sds import sds_gradient
 
 MASK_THRESHOLD = 0.5  # foreground where the pooled opacity is at least this (M = [alpha >= alpha_0])
@@ -46,9 +45,7 @@ class FSD(Method):
 
     def validate(self) -> None:
         super().validate()
-        if self.t_end > self.t_start:
-            raise UserError(f"fsd options: t_end = {self.t_end} is above t_start = {self.t_start}: "
-                            "t must decrease, so give t_end <= t_start")
+        check_decreasing(self)
 
     def setup(self, prior: Prior) -> None:
         """Draw the world map E_p and the background noise E_b once per run (unless resumed)."""

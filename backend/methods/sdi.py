@@ -15,9 +15,8 @@ from typing import ClassVar
 
 import torch
 
-from ..errors import UserError
 from ..priors.base import View
-from .base import NUM_TIMESTEPS, GradientOutput, Method, guided_noise, linear_timestep
+from .base import NUM_TIMESTEPS, GradientOutput, Method, check_decreasing, guided_noise, linear_timestep
 from .ddim import ddim_step, ddim_timesteps, predicted_x0
 
 CLEAN_START = 0  # the inversion starts from x itself, at the noise level abar[0] of timestep 0
@@ -41,9 +40,7 @@ class SDI(Method):
 
     def validate(self) -> None:
         super().validate()
-        if self.t_end > self.t_start:
-            raise UserError(f"sdi options: t_end = {self.t_end} is above t_start = {self.t_start}: "
-                            "t must decrease, so give t_end <= t_start")
+        check_decreasing(self)
 
     def timestep(self, step: int) -> int:
         return linear_timestep(step, self.max_steps, self.t_start, self.t_end)        # appendix A.1

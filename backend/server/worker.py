@@ -64,7 +64,8 @@ class JobRunner:
         try:
             device = job.status.get("device") or self.settings.default_device  # "auto" as resolved at submit
             config = config_from_request(job.request, device, self.settings.coarse_mesh_every)
-            prior = self.priors.get(config.prior, config.device, config.resolution, config.offline)
+            prior = self.priors.get(config.prior, config.device, config.resolution, config.offline,
+                                    config.prior_options)
             result = self.train_fn(config, job.folder, on_event=reporter,
                                    should_stop=lambda: job.cancel.is_set() or self.shutting_down.is_set(),
                                    prior=prior, resume=resume)

@@ -59,6 +59,7 @@ class GenerateConfig:
     lambda_sparsity: float = 0.0
     albedo_steps: int | None = None      # albedo-only shading at first; None: 20% of the steps (2000 of 10000)
     textureless_prob: float = 0.5
+    random_background_prob: float = 0.5  # chance of a random solid background in a step
     max_samples_per_ray: int = 512
     occupancy_resolution: int = 32
     occupancy_every: int = 16

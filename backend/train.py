@@ -84,10 +84,9 @@ def orientation_weight(step: int, config: GenerateConfig) -> float:
     return config.lambda_orientation + f * (config.lambda_orientation_end - config.lambda_orientation)
 
 
-def make_view(cameras, shading: str, lights: torch.Tensor, render) -> View:
+def make_view(cameras, shading: str, lights: torch.Tensor, opacity: torch.Tensor, background: torch.Tensor) -> View:
     return View(cameras=cameras, shading=shading, light_positions=lights,
-                background=render.background.permute(0, 3, 1, 2).detach(),
-                opacity=render.opacity.permute(0, 3, 1, 2).detach())
+                background=background.permute(0, 3, 1, 2).detach(), opacity=opacity.permute(0, 3, 1, 2).detach())
 
 
 @torch.no_grad()
@@ -162,10 +161,16 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
         lights = sample_light_positions(cameras, generator)
         shading = shading_for_step(step, config, generator)
         render = model.render(cameras, shading, lights)
-        x = prior.encode(render.rgb.permute(0, 3, 1, 2))
+        rgb, background = render.rgb, render.background
+        if torch.rand((), generator=generator).item() < config.random_background_prob:
+            # Background augmentation (threestudio's random_aug): a random solid colour, so the
+            # background cannot take on the object's colour and hide its silhouette.
+            background = torch.rand(3, generator=generator).to(rgb).expand_as(background)
+            rgb = rgb + (1.0 - render.opacity) * (background - render.background)
+        x = prior.encode(rgb.permute(0, 3, 1, 2))
         t1 = time.perf_counter()
 
-        out = method.gradient(x.detach(), step, make_view(cameras, shading, lights, render))
+        out = method.gradient(x.detach(), step, make_view(cameras, shading, lights, render.opacity, background))
         t2 = time.perf_counter()
 
         grad = out.grad.to(x.dtype)

@@ -80,16 +80,24 @@ def mesh_quality(args) -> dict:
     from backend.export.readback import load_asset
     from backend.priors.shapes_world import parse_prompt
 
-    rows = {}
-    print(f"\n{'method':6s} {'object':20s} {'mesh IoU':>9s} {'Chamfer':>8s} {'tex err':>8s}")
+    rows, pictures, labels = {}, [], []
+    print(f"\n{'method':6s} {'object':20s} {'field IoU':>9s} {'albedo':>7s} {'mesh IoU':>9s} {'Chamfer':>8s} "
+          f"{'tex err':>8s}")
     for prompt in args.objects:
         for method in args.methods:
-            path = OUT / f"quality_{method}_{prompt.replace(' ', '_')}" / "mesh.glb"
-            if not path.exists():
+            folder = OUT / f"quality_{method}_{prompt.replace(' ', '_')}"
+            if not (folder / "mesh.glb").exists():
                 continue
-            row = accuracy(parse_prompt(prompt)[0], load_asset(path))
+            truth = json.loads((folder / "report.json").read_text())["ground_truth"]
+            row = {**accuracy(parse_prompt(prompt)[0], load_asset(folder / "mesh.glb")),
+                   "field_iou": truth["volume_iou"], "albedo_error": truth["albedo_error"]}
             rows[f"{method} | {prompt}"] = row
-            print(f"{method:6s} {prompt:20s} {row['iou']:9.3f} {row['chamfer']:8.4f} {row['tex_err']:8.3f}", flush=True)
+            pictures.append(np.asarray(Image.open(folder / "turntable.png"))[: args.tile, : args.tile])
+            labels.append(f"{method}: {prompt[2:]}")
+            print(f"{method:6s} {prompt:20s} {row['field_iou']:9.3f} {row['albedo_error']:7.3f} {row['iou']:9.3f} "
+                  f"{row['chamfer']:8.4f} {row['tex_err']:8.3f}", flush=True)
+    if pictures:
+        save_png(grid(pictures, labels, columns=len(args.methods), scale=2), OUT / "quality_grid.png")
     return rows
 
 

@@ -101,6 +101,7 @@ REQUEST_FIELDS: dict[str, Field] = {
     "lambda_sparsity": Field("float", 0.0, 0.0, 1e6),
     "albedo_steps": Field("int", None, 0, _N, nullable=True, help="null: 20% of the steps"),
     "textureless_prob": Field("float", 0.5, 0.0, 1.0),
+    "random_background_prob": Field("float", 0.5, 0.0, 1.0, help="chance of a random solid background in a step"),
     "max_samples_per_ray": Field("int", 512, 8, 4096),
     "occupancy_resolution": Field("int", 32, 8, 256),
     "occupancy_every": Field("int", 16, 1, _N),

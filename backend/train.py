@@ -84,6 +84,16 @@ def orientation_weight(step: int, config: GenerateConfig) -> float:
     return config.lambda_orientation + f * (config.lambda_orientation_end - config.lambda_orientation)
 
 
+def augment_background(render, probability: float, generator: torch.Generator):
+    """(rgb, background), both [B, H, W, 3]: the render as is, or, with `probability`, recomposited
+    over a random solid colour (threestudio's random_aug), so the learned background cannot take
+    on the object's colour and hide its silhouette from the prior (bench: cylinder IoU 0.16 -> 0.77)."""
+    if torch.rand((), generator=generator).item() >= probability:
+        return render.rgb, render.background
+    background = torch.rand(3, generator=generator).to(render.rgb).expand_as(render.background)
+    return render.rgb + (1.0 - render.opacity) * (background - render.background), background
+
+
 def make_view(cameras, shading: str, lights: torch.Tensor, opacity: torch.Tensor, background: torch.Tensor) -> View:
     return View(cameras=cameras, shading=shading, light_positions=lights,
                 background=background.permute(0, 3, 1, 2).detach(), opacity=opacity.permute(0, 3, 1, 2).detach())
@@ -161,12 +171,7 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
         lights = sample_light_positions(cameras, generator)
         shading = shading_for_step(step, config, generator)
         render = model.render(cameras, shading, lights)
-        rgb, background = render.rgb, render.background
-        if torch.rand((), generator=generator).item() < config.random_background_prob:
-            # Background augmentation (threestudio's random_aug): a random solid colour, so the
-            # background cannot take on the object's colour and hide its silhouette.
-            background = torch.rand(3, generator=generator).to(rgb).expand_as(background)
-            rgb = rgb + (1.0 - render.opacity) * (background - render.background)
+        rgb, background = augment_background(render, config.random_background_prob, generator)
         x = prior.encode(rgb.permute(0, 3, 1, 2))
         t1 = time.perf_counter()
 

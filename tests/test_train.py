@@ -9,7 +9,7 @@ from backend.checkpoint import load_checkpoint, load_model, nerf_settings
 from backend.config import with_preset
 from backend.events import Finished, Preview, Progress
 from backend.nerf import NeRFModel
-from backend.train import active_levels, ground_truth_metrics, train
+from backend.train import active_levels, augment_background, ground_truth_metrics, train
 
 PROMPT = "a green torus"  # far from the initial blob, so improvement is not an accident
 
@@ -69,3 +69,18 @@ def test_stop_writes_a_checkpoint_and_resume_continues_from_it(tmp_path):
 def test_progressive_levels_schedule():
     config = with_preset("standard", prompt="x", steps=10000, hash_levels_every=500, hash_levels_after=2000).resolved()
     assert [active_levels(s, config) for s in (0, 1999, 2000, 2499, 2500, 6000, 9999)] == [8, 8, 9, 9, 10, 16, 16]
+
+
+def test_background_augmentation_recomposites_over_one_solid_colour():
+    from types import SimpleNamespace
+    foreground = torch.rand(1, 4, 4, 3)
+    opacity = torch.rand(1, 4, 4, 1)
+    learned = torch.rand(1, 4, 4, 3)
+    render = SimpleNamespace(rgb=foreground * opacity + (1 - opacity) * learned, opacity=opacity, background=learned)
+    generator = torch.Generator().manual_seed(0)
+    rgb, background = augment_background(render, 1.0, generator)
+    colour = background[0, 0, 0]
+    assert torch.allclose(background, colour.expand_as(background))       # one solid colour
+    assert torch.allclose(rgb, foreground * opacity + (1 - opacity) * colour, atol=1e-6)
+    rgb, background = augment_background(render, 0.0, generator)
+    assert rgb is render.rgb and background is render.background

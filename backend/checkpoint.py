@@ -5,23 +5,20 @@ elsewhere cannot run code on load.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import UserError
+from .fileio import write_with
 
 FORMAT = "distill3d-checkpoint-1"
 
 
 def save_checkpoint(path: Path, **state: Any) -> Path:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)  # atomic: a crash mid-write leaves the previous checkpoint intact
-    return path
+    # atomic: a crash mid-write leaves the previous checkpoint intact
+    return write_with(path, lambda temp: torch.save({"format": FORMAT, **state}, temp))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .cameras import front_camera
+from .devices import resolve_device
 from .methods import METHODS, GradientOutput, Method, ddim_sample, gradient_loss, make_method
 from .priors.base import Prior, View
 
@@ -87,18 +88,13 @@ def load_image_prior(prior: Prior | str | None, resolution: int, device: torch.d
     return load_prior(prior or SHAPES, device, resolution=resolution)
 
 
-def _device(name: torch.device | str) -> torch.device:
-    from .train import resolve_device
-    return resolve_device(name) if isinstance(name, str) else name
-
-
 def distill_prompt_image(prompt: str, method: str = "sds", steps: int = 500, resolution: int = 64,
                          prior: Prior | str | None = None, cfg: float | None = None, seed: int = 0,
                          options: dict | None = None, negative: str | None = None,
                          device: torch.device | str = "cpu") -> torch.Tensor:
     """A prompt -> one distilled image [3, H, W] in [0, 1] (backend.distill_image, `python -m backend image`)."""
     the_method = make_method(method, cfg, options, max_steps=steps, seed=seed)
-    device = _device(device)
+    device = resolve_device(device)
     the_prior = load_image_prior(prior, resolution, device)
     the_prior.set_prompts(prompt, negative if negative is not None else the_method.default_negative,
                           view_dependent=False)
@@ -112,7 +108,7 @@ def compare_methods(prompt: str, prior: Prior | str | None = None, steps: int = 
     """Every method and DDIM from one seed, decoded and labelled side by side (`python -m backend compare`)."""
     from .pictures import grid
 
-    device = _device(device)
+    device = resolve_device(device)
     the_prior = load_image_prior(prior, resolution, device)
     results = compare_2d(the_prior, methods, steps, seed, device=device, prompt=prompt, negative=negative)
     images = [the_prior.decode(x)[0] for x in results.values()]

@@ -1,13 +1,14 @@
 """Pictures for people: PNG writing and labelled grids (previews, turntables, comparisons)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from .fileio import write_with
 
 
 def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -24,13 +25,11 @@ def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def save_png(image: torch.Tensor | np.ndarray, path: Path) -> Path:
-    """Write atomically (temp file + rename) so a reader never sees half a PNG."""
+    """Write a PNG atomically, so a reader never sees half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    pixels = Image.fromarray(to_uint8(image))
+    return write_with(path, lambda temp: pixels.save(temp, format="PNG"))
 
 
 def grid(images: Sequence[torch.Tensor | np.ndarray], labels: Sequence[str] | None = None, columns: int | None = None,

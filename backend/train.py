@@ -8,7 +8,6 @@ exported mesh files.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import resource
 import statistics
@@ -18,11 +17,13 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from shared.version import __version__
 from .cameras import sample_cameras, sample_light_positions, turntable_cameras
 from .checkpoint import load_checkpoint, nerf_settings, save_checkpoint
 from .config import GenerateConfig
+from .devices import resolve_device
 from .errors import UserError
+from .fileio import write_atomic
 from .events import CoarseMesh, EventCallback, Finished, Log, Preview, Progress, StopCheck, ignore_event, never_stop
 from .methods import make_method
 from .methods.base import gradient_loss
@@ -40,15 +41,6 @@ class TrainResult:
     outputs: dict[str, Path] = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     stopped: bool = False
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU here: use --device cpu "
-                        "(or install a CUDA build of PyTorch)")
-    return torch.device(name)
 
 
 def prepare_output(out_dir: Path) -> Path:
@@ -246,10 +238,7 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
             on_event(Log("warning", f"mesh export failed: {error} Re-export with: python -m backend export "
                                     f"{checkpoint_path} --threshold LOWER"))
     result.report = build_report(config, prior, model, device, timings, elapsed, step, export_stats)
-    report_path = out_dir / "report.json"
-    tmp = report_path.with_name("report.json.tmp")
-    tmp.write_text(json.dumps(result.report, indent=2, default=str))
-    os.replace(tmp, report_path)
+    report_path = write_atomic(out_dir / "report.json", json.dumps(result.report, indent=2, default=str))
     result.outputs["report.json"] = report_path
     on_event(Finished(outputs={k: str(v) for k, v in result.outputs.items()}))
     return result

@@ -9,13 +9,14 @@ which is Blender's front view.
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import trimesh
 from PIL import Image
+
+from ..fileio import write_atomic
 
 GLB, OBJ, MTL, TEXTURE = "mesh.glb", "mesh.obj", "mesh.mtl", "texture.png"
 MATERIAL = "albedo"
@@ -42,12 +43,12 @@ def write_asset(asset: Asset, out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {GLB: out_dir / GLB, OBJ: out_dir / OBJ}
-    _atomic_write(paths[GLB], glb_bytes(asset))
-    _atomic_write(paths[OBJ], obj_text(asset).encode())
+    write_atomic(paths[GLB], glb_bytes(asset))
+    write_atomic(paths[OBJ], obj_text(asset).encode())
     if asset.texture is not None:
         paths[MTL], paths[TEXTURE] = out_dir / MTL, out_dir / TEXTURE
-        _atomic_write(paths[MTL], mtl_text().encode())
-        _atomic_write(paths[TEXTURE], _png(asset.texture))
+        write_atomic(paths[MTL], mtl_text().encode())
+        write_atomic(paths[TEXTURE], _png(asset.texture))
     return paths
 
 
@@ -104,9 +105,3 @@ def _png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

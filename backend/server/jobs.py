@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,25 +18,13 @@ from typing import Any, Callable
 
 from shared.protocol import FILE_NAME_PATTERN, FINAL_STATES, JOB_ID_PATTERN, JOB_STATES, PREVIEW_NAME, ProtocolError
 
+from ..fileio import write_atomic
+
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3          # a job that took the server down this often is not retried again
 PERSIST_EVERY_S = 2.0     # progress reaches status.json at most this often (state changes: always)
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -15,7 +15,8 @@ from PIL import Image
 from shared.protocol import PREVIEW_NAME
 
 from ..events import CoarseMesh, Event, Finished, Log, Preview, Progress
-from .jobs import Job, JobStore, write_atomic
+from ..fileio import write_atomic
+from .jobs import Job, JobStore
 from .publish import EventBus
 
 log = logging.getLogger(__name__)

@@ -8,28 +8,24 @@ from typing import Any
 from shared.protocol import DEFAULT_PRESET, REQUEST_FIELDS, ProtocolError
 
 from ..config import GenerateConfig, with_preset
+from ..devices import canonical_device, cuda_device_problem
 from ..errors import UserError
 
 
 def resolve_device(name: str, default: str) -> str:
     """"auto" -> the server's device; "cuda" -> "cuda:0", so one device has one name (one queue)."""
-    name = default if name == "auto" else name
-    return "cuda:0" if name == "cuda" else name
+    return canonical_device(name, auto=default)
 
 
 def default_device(requested: str = "auto") -> str:
     """The server's device (--device): for "auto" the first GPU if torch sees one, else the CPU."""
     if not re.fullmatch(REQUEST_FIELDS["device"].pattern, requested):
         raise UserError(f"--device {requested!r} is not a device: use auto, cpu, cuda or cuda:N")
-    if requested != "auto":
-        try:
-            check_device_exists(resolve_device(requested, "cpu"))
-        except ProtocolError as error:
-            raise UserError(error.message) from None
-        return resolve_device(requested, "cpu")
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
+    device = canonical_device(requested)
+    problem = cuda_device_problem(device)
+    if problem:
+        raise UserError(problem)
+    return device
 
 
 def config_from_request(fields: dict[str, Any], device: str, coarse_mesh_every: int) -> GenerateConfig:
@@ -51,14 +47,9 @@ def config_from_request(fields: dict[str, Any], device: str, coarse_mesh_every: 
 
 def check_device_exists(device: str) -> None:
     """ProtocolError naming "device" unless torch has this device (asked before any model loads)."""
-    if not device.startswith("cuda"):
-        return
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if int(device.partition(":")[2] or 0) >= count:
-        raise ProtocolError(f"device {device} asked for, but this backend sees {count} CUDA GPU(s): use device "
-                            "auto or cpu (or start the backend on a machine with that GPU)", "device")
+    problem = cuda_device_problem(device)
+    if problem:
+        raise ProtocolError(f"{problem} (or start the backend on a machine with that GPU)", "device")
 
 
 def _field_named_in(message: str) -> str | None:

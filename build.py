@@ -66,7 +66,7 @@ def serve(args: list[str]) -> int:
 
 def addon(args: list[str]) -> int:
     ensure_venv("dev")
-    return run(PYTHON, "-m", "blender_addon.package", *args)
+    return run(PYTHON, ROOT / "tools" / "build_addon.py", *args)
 
 
 def bench(args: list[str]) -> int:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 # The test module sets up a throwaway Blender user folder before importing bpy, builds and installs
 # the zip, and starts backends: the benchmark reuses exactly that.
-from tests import test_addon as harness  # noqa: E402
+from tests import blender_harness as harness  # noqa: E402
 
 bpy = harness.bpy
 

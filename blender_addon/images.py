@@ -15,12 +15,18 @@ def image_name(prompt: str, suffix: str = "") -> str:
     return datablock_name(f"Distill3D preview: {prompt}", suffix)
 
 
-def show_png(name: str, png: bytes) -> bpy.types.Image:
-    """Put `png` into the image `name` (created on first use) and refresh its panel icon."""
+def thumbnail_name(job_id: str) -> str:
+    """The image holding the preview of a history job that did not run in this Blender session."""
+    return f"Distill3D thumbnail {job_id}"
+
+
+def show_png(name: str, png: bytes, keep: bool = True) -> bpy.types.Image:
+    """Put `png` into the image `name` (created on first use) and refresh its panel icon. `keep`:
+    saved with the .blend file (a fake user) rather than dropped when nothing uses it."""
     image = bpy.data.images.get(name)
     if image is None:
         image = bpy.data.images.new(name, 8, 8)
-        image.use_fake_user = True
+        image.use_fake_user = keep
     image.pack(data=png, data_len=len(png))
     if image.source != "FILE":
         image.source = "FILE"  # from now on the pixels come from the packed PNG

@@ -1,6 +1,7 @@
 """A finished job's mesh.glb into the scene: imported with Blender's own glTF importer (which wires
-the material and its baked texture), named after the prompt, placed at the 3D cursor (variations side
-by side along X), and selected.
+the material and its baked texture), then made to sit right (placement.py): `size` metres across with
+the scale applied, origin at the bottom centre on the given location, named after the prompt, in the
+Distill3D collection, selected and active.
 
 Blender-facing code only; the file format is the glTF importer's business (as in Blender's bundled
 glTF add-on, format code and scene code stay apart).
@@ -12,21 +13,19 @@ import os
 import tempfile
 
 import bpy
-from mathutils import Vector
+import numpy as np
+from mathutils import Matrix, Vector
 
-SPACING = 2.5  # the backend's objects fit in [-1, 1]^3: this leaves a gap between variations
+from . import placement
+from .proxy import collection
 
 
 class ImportFailed(Exception):
     """The mesh could not be imported; the message says why and what to do."""
 
 
-def placement(origin, slot: int) -> Vector:
-    return Vector(origin) + Vector((SPACING * slot, 0.0, 0.0))
-
-
-def import_glb(data: bytes, name: str, location) -> list[bpy.types.Object]:
-    """Import GLB bytes; returns the new objects (the first one is the main mesh, now active)."""
+def import_glb(data: bytes, name: str, location, size: float) -> list[bpy.types.Object]:
+    """Import GLB bytes; returns the new mesh objects (the first one is the main mesh, now active)."""
     if not hasattr(bpy.ops.import_scene, "gltf"):
         raise ImportFailed("Blender's glTF importer is off: enable \"Import-Export: glTF 2.0 format\" in "
                            "Preferences > Add-ons")
@@ -43,18 +42,57 @@ def import_glb(data: bytes, name: str, location) -> list[bpy.types.Object]:
     finally:
         os.unlink(path)  # the importer packs the embedded texture, so the file is not needed after
     new = [obj for obj in bpy.data.objects if obj not in before]
-    if "FINISHED" not in result or not any(obj.type == "MESH" for obj in new):
+    meshes = [obj for obj in new if obj.type == "MESH" and len(obj.data.vertices)]
+    if "FINISHED" not in result or not meshes:
+        for obj in new:
+            bpy.data.objects.remove(obj)
         raise ImportFailed("the backend's mesh.glb holds no mesh: the run produced an empty surface; "
                            "try more steps or another seed")
-    new.sort(key=lambda obj: obj.type != "MESH")  # the mesh first
-    main = new[0]
+    _bake_transforms(meshes)
+    for obj in new:
+        if obj not in meshes:  # the importer's empties (node hierarchy): nothing hangs on them now
+            bpy.data.objects.remove(obj)
+    _fit(meshes, location, size)
+    main = meshes[0]
     main.name = name
     main.data.name = name
-    for obj in new:
-        if obj.parent not in new:  # roots carry the placement; children follow
-            obj.location = Vector(location) + obj.location
-    _select(new, main)
-    return new
+    _move_to(meshes, collection())
+    _select(meshes, main)
+    return meshes
+
+
+def _bake_transforms(objects) -> None:
+    """Apply each object's world transform to its mesh data (scale applied, no parents)."""
+    for obj in objects:
+        world = obj.matrix_world.copy()
+        obj.parent = None
+        obj.data.transform(world)
+        obj.matrix_world = Matrix.Identity(4)
+
+
+def _fit(objects, location, size: float) -> None:
+    points = np.concatenate([_positions(obj.data) for obj in objects])
+    scale, bottom_centre = placement.fit(points, size)
+    matrix = Matrix.Scale(scale, 4) @ Matrix.Translation(-Vector(bottom_centre))
+    for obj in objects:
+        obj.data.transform(matrix)
+        obj.data.update()
+        obj.location = Vector(location)
+
+
+def _positions(mesh) -> np.ndarray:
+    points = np.empty(3 * len(mesh.vertices), dtype=np.float32)
+    mesh.vertices.foreach_get("co", points)
+    return points.reshape(-1, 3)
+
+
+def _move_to(objects, target) -> None:
+    for obj in objects:
+        for coll in list(obj.users_collection):
+            if coll != target:
+                coll.objects.unlink(obj)
+        if obj.name not in target.objects:
+            target.objects.link(obj)
 
 
 def _select(objects, active) -> None:

@@ -4,7 +4,8 @@
 
 With wait=True the operator blocks and drives the add-on's polling itself until the mesh is in the
 scene (timers never fire in `blender -b`); a failure raises RuntimeError carrying the backend's
-message. Without it, it returns at once and the timer follows the job.
+message. Without it, it returns at once and the timer follows the job; started from the panel (a
+button invokes the operator), it also starts `distill3d.watch`, so Esc over a 3D viewport cancels.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
-from . import launcher, prefs, props, sync
+from . import connection, launcher, prefs, props, sync
 from .session import ACTIVE
 
 # A blocking call gives a backend that stopped answering this many client timeouts to come back
@@ -44,6 +45,8 @@ class DISTILL3D_OT_generate(bpy.types.Operator):
     mesh_resolution: IntProperty(name="Mesh resolution", min=0, options={"SKIP_SAVE"})
     texture_size: IntProperty(name="Texture size", min=0, options={"SKIP_SAVE"})
     live_mesh: BoolProperty(name="Live mesh", default=True, options={"SKIP_SAVE"})
+    size: FloatProperty(name="Size", min=0.001, unit="LENGTH", options={"SKIP_SAVE"},
+                        description="Metres across the result's largest side")
     prior: StringProperty(name="Model", options={"SKIP_SAVE"})
     extra: StringProperty(name="Extra", options={"SKIP_SAVE"},
                           description="More request settings as a JSON object, e.g. {\"lr\": 0.05}")
@@ -65,17 +68,25 @@ class DISTILL3D_OT_generate(bpy.types.Operator):
         if not requests[0]["prompt"]:
             self.report({"ERROR"}, "The prompt is empty: type what to make, e.g. \"a red cube\"")
             return {"CANCELLED"}
+        size = self.size if self.properties.is_property_set("size") else context.scene.distill3d.size
         session = sync.session()
         sync.start_timer()
         if not self.wait:
-            session.submit(requests, _cursor(context))
+            session.submit(requests, _cursor(context), size)
             self.report({"INFO"}, f"Distill3D: starting {len(requests)} job(s) for \"{requests[0]['prompt']}\"")
             return {"FINISHED"}
-        return self._run_blocking(session, requests, _cursor(context))
+        return self._run_blocking(session, requests, _cursor(context), size)
 
-    def _run_blocking(self, session, requests, origin):
+    def invoke(self, context, event):
+        result = self.execute(context)
+        if "FINISHED" in result and not self.wait:
+            bpy.ops.distill3d.watch("INVOKE_DEFAULT")
+        return result
+
+    def _run_blocking(self, session, requests, origin, size):
         answer: dict = {}
-        session.submit(requests, origin, on_submitted=lambda jobs, error: answer.update(jobs=jobs, error=error))
+        session.submit(requests, origin, size,
+                       on_submitted=lambda jobs, error: answer.update(jobs=jobs, error=error))
         if not sync.run_until(lambda: answer, timeout_s=len(requests) * session.timeout_s + 5.0):
             self.report({"ERROR"}, f"Distill3D: no answer from {session.address}: start the backend")
             return {"CANCELLED"}
@@ -134,6 +145,56 @@ class DISTILL3D_OT_cancel(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def esc_action(event, session, window) -> str:
+    """What the Esc watcher does with an event: "cancel" (Esc pressed over a 3D viewport while jobs
+    run), "stop" (no job runs any more: the watcher ends) or "pass" (anything else goes on to Blender)."""
+    if session is None or not session.active_jobs:
+        return "stop"
+    if event.type == "ESC" and event.value == "PRESS" and _over_view3d(window, event.mouse_x, event.mouse_y):
+        return "cancel"
+    return "pass"
+
+
+def _over_view3d(window, x: int, y: int) -> bool:
+    screen = getattr(window, "screen", None)
+    return screen is not None and any(area.type == "VIEW_3D" and area.x <= x < area.x + area.width
+                                      and area.y <= y < area.y + area.height for area in screen.areas)
+
+
+class DISTILL3D_OT_watch(bpy.types.Operator):
+    """While Distill3D jobs run, Esc over a 3D viewport cancels them (started by the panel's Generate)"""
+    bl_idname = "distill3d.watch"
+    bl_label = "Cancel Distill3D jobs with Esc"
+    bl_options = {"INTERNAL"}
+
+    watching = False  # one watcher per Blender is enough, however many jobs run
+
+    def invoke(self, context, event):
+        if DISTILL3D_OT_watch.watching or context.window is None:  # no window: nothing to press Esc in
+            return {"CANCELLED"}
+        DISTILL3D_OT_watch.watching = True
+        context.window_manager.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        # Every event but Esc over a 3D view passes through untouched: the UI stays fully usable.
+        session = sync.current()
+        action = esc_action(event, session, context.window)
+        if action == "pass":
+            return {"PASS_THROUGH"}
+        DISTILL3D_OT_watch.watching = False
+        if action == "stop":
+            return {"FINISHED", "PASS_THROUGH"}
+        for job in session.active_jobs:
+            session.cancel(job.job_id)
+        self.report({"INFO"}, "Distill3D: cancelling (Esc)")
+        sync.redraw()
+        return {"FINISHED"}
+
+    def cancel(self, context):  # Blender ends the modal (window closed, file loaded)
+        DISTILL3D_OT_watch.watching = False
+
+
 class DISTILL3D_OT_import_job(bpy.types.Operator):
     """Import the mesh of a finished job from the backend's history, at the 3D cursor"""
     bl_idname = "distill3d.import_job"
@@ -147,7 +208,8 @@ class DISTILL3D_OT_import_job(bpy.types.Operator):
     def execute(self, context):
         session = sync.session()
         status = next((s for s in session.history if s.get("job_id") == self.job_id), None)
-        job = session.reimport(status or {"job_id": self.job_id, "state": "done"}, _cursor(context))
+        job = session.reimport(status or {"job_id": self.job_id, "state": "done"}, _cursor(context),
+                               context.scene.distill3d.size)
         sync.start_timer()
         if self.wait:
             sync.run_until(lambda: job.finished, timeout_s=session.timeout_s + 60.0)
@@ -204,5 +266,41 @@ class DISTILL3D_OT_refresh(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (DISTILL3D_OT_generate, DISTILL3D_OT_cancel, DISTILL3D_OT_import_job, DISTILL3D_OT_start_backend,
-           DISTILL3D_OT_stop_backend, DISTILL3D_OT_refresh)
+class DISTILL3D_OT_generate_keys(bpy.types.Operator):
+    """Make a new client key pair for a backend that requires keys; the preferences then show what to
+    put on the server"""
+    bl_idname = "distill3d.generate_keys"
+    bl_label = "Generate client keys"
+
+    def invoke(self, context, event):
+        if prefs.get(context).client_secret_key:  # replacing keys locks this Blender out until the server learns them
+            return context.window_manager.invoke_confirm(self, event)
+        return self.execute(context)
+
+    def execute(self, context):
+        p = prefs.get(context)
+        p.client_public_key, p.client_secret_key = connection.new_client_keys()
+        self.report({"INFO"}, "Distill3D: new client keys. Put the public one on the server: see the add-on "
+                              "preferences (Copy certificate)")
+        return {"FINISHED"}
+
+
+class DISTILL3D_OT_copy_certificate(bpy.types.Operator):
+    """Copy the client's public certificate, for the server's --authorized-keys folder"""
+    bl_idname = "distill3d.copy_certificate"
+    bl_label = "Copy certificate"
+
+    def execute(self, context):
+        public = prefs.get(context).client_public_key.strip()
+        if not public:
+            self.report({"ERROR"}, "Distill3D: no client public key yet: press Generate client keys first")
+            return {"CANCELLED"}
+        context.window_manager.clipboard = connection.certificate(public)
+        self.report({"INFO"}, "Distill3D: certificate copied; save it as <name>.key in the server's "
+                              "--authorized-keys folder")
+        return {"FINISHED"}
+
+
+CLASSES = (DISTILL3D_OT_generate, DISTILL3D_OT_cancel, DISTILL3D_OT_watch, DISTILL3D_OT_import_job,
+           DISTILL3D_OT_start_backend, DISTILL3D_OT_stop_backend, DISTILL3D_OT_refresh,
+           DISTILL3D_OT_generate_keys, DISTILL3D_OT_copy_certificate)

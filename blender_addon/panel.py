@@ -10,10 +10,8 @@ import textwrap
 import bpy
 
 from . import images, launcher, prefs, props, sync
-from .session import ACTIVE, Job
+from .session import ACTIVE, HISTORY_ROWS, Job
 from .shared.version import __version__
-
-HISTORY_ROWS = 8
 
 
 def _wrapped(layout, context, text: str, icon: str = "NONE") -> None:
@@ -53,7 +51,10 @@ def draw_backend(layout, context, session) -> None:
         if launcher.running():
             col.label(text="The backend is starting...", icon="TIME")
             return
-        _wrapped(col, context, f"No backend at {p.address}.", icon="ERROR")
+        _wrapped(col, context, session.backend_message or f"No backend at {p.address}.", icon="ERROR")
+        if not p.connection().keys:
+            _wrapped(col, context, "A backend started with --server-key answers only clients with keys: set "
+                                   "them in Preferences > Add-ons > Distill3D.", icon="LOCKED")
         exit_message = launcher.exit_message()
         if exit_message:
             _wrapped(col, context, exit_message, icon="CANCEL")
@@ -118,6 +119,7 @@ class DISTILL3D_PT_main(Distill3DPanel, bpy.types.Panel):
         row = col.row(align=True)
         row.prop(settings, "variations")
         row.prop(settings, "live_mesh", toggle=True, icon="MESH_ICOSPHERE")
+        col.prop(settings, "size")
 
         active = session.active_jobs if session else []
         row = layout.row(align=True)
@@ -193,6 +195,10 @@ class DISTILL3D_PT_history(Distill3DPanel, bpy.types.Panel):
             request = status.get("request") or {}
             row = layout.row(align=True)
             state = status.get("state", "?")
+            thumbnail = session.thumbnail_of(status.get("job_id", "")) or images.thumbnail_name(status.get("job_id", ""))
+            icon_id = images.icon_id(thumbnail)
+            if icon_id or bpy.data.images.get(thumbnail) is not None:
+                row.label(text="", icon_value=icon_id)
             icon = {"done": "CHECKMARK", "failed": "ERROR", "cancelled": "CANCEL"}.get(state, "TIME")
             row.label(text=f"{request.get('prompt', status.get('job_id'))} · {request.get('method', '?').upper()} "
                            f"· seed {request.get('seed', 0)}", icon=icon)

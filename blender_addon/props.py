@@ -66,6 +66,9 @@ class Distill3DSettings(bpy.types.PropertyGroup):
                             description="Make this many seeds of the prompt, placed side by side")
     live_mesh: BoolProperty(name="Live mesh", default=True,
                             description="Show a rough mesh in the viewport while training")
+    size: FloatProperty(name="Size", default=1.0, min=0.001, soft_max=100.0, unit="LENGTH",
+                        description="The result's size in the scene: metres across its largest side, standing "
+                                    "on the 3D cursor")
 
     # Advanced: 0 / off = the preset's or method's value.
     steps: IntProperty(name="Steps", default=0, soft_max=20000, description="Optimisation steps (0: preset)",

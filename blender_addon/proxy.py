@@ -1,15 +1,19 @@
 """The live coarse mesh: a rough object in the viewport that takes shape while the backend trains.
 
-Each "mesh" event (shared/PROTOCOL.md) carries little-endian buffers: vertices float32 [V, 3] in the
-backend's world (+Z up, like Blender), faces int32 [F, 3], colors uint8 sRGB [V, 3]. They go straight
-into the mesh with `foreach_set` (no Python loop per vertex), replacing the previous geometry. The
-proxy is removed when the final mesh is imported in its place.
+Each "mesh" event (shared/PROTOCOL.md) carries little-endian buffers: vertices float32 [V, 3] in
+glTF's frame like every mesh from the backend (frames.py turns them into Blender's), faces int32
+[F, 3], colors uint8 sRGB [V, 3]. The vertices are fitted to the panel's size and stood on the cursor
+by the same rule as the final import (placement.py), then go straight into the mesh with
+`foreach_set` (no Python loop per vertex), replacing the previous geometry. The proxy is removed
+when the final mesh is imported in its place.
 """
 from __future__ import annotations
 
 import bpy
 import numpy as np
 
+from . import placement
+from .frames import gltf_to_blender
 from .naming import datablock_name
 
 COLLECTION = "Distill3D"
@@ -32,10 +36,11 @@ def collection() -> bpy.types.Collection:
     return coll
 
 
-def show_mesh(name: str, event: dict, location) -> bpy.types.Object:
-    """Create or update the proxy object `name` from a mesh event, placed at `location`."""
+def show_mesh(name: str, event: dict, location, size: float) -> bpy.types.Object:
+    """Create or update the proxy object `name` from a mesh event: `size` across, standing on `location`."""
     n_vertices, n_faces = int(event["vertex_count"]), int(event["face_count"])
     vertices = np.frombuffer(event["vertices"], dtype="<f4", count=3 * n_vertices)
+    vertices = placement.fitted(gltf_to_blender(vertices), size).ravel()
     faces = np.frombuffer(event["faces"], dtype="<i4", count=3 * n_faces)
     colors = np.frombuffer(event["colors"], dtype=np.uint8, count=3 * n_vertices).reshape(-1, 3)
 
@@ -62,7 +67,7 @@ def show_mesh(name: str, event: dict, location) -> bpy.types.Object:
     if obj is None:
         obj = bpy.data.objects.new(name, mesh)
         collection().objects.link(obj)
-        obj.location = location
+    obj.location = location
     return obj
 
 

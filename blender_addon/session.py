@@ -12,7 +12,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .connection import Connection, connect
 from .shared.client import Client, ClientError, ServerUnreachable, VersionMismatch
+from .shared.protocol import PREVIEW_NAME
 from .worker import Worker
 
 ACTIVE = ("queued", "running")
@@ -23,6 +25,7 @@ TERMINAL = ("done", "failed", "cancelled")
 PROBE_ACTIVE_S = 1.0
 PROBE_IDLE_S = 3.0
 PROBE_DOWN_S = 2.0
+HISTORY_ROWS = 8  # the newest jobs the panel lists, each with a thumbnail of its preview
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Job:
     slot: int = 0              # index among the variations submitted together: placed side by side
     variations: int = 1        # how many were submitted together
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)  # the 3D cursor when it was started
+    size: float = 1.0          # metres across in the scene (placement.py)
     auto_import: bool = True   # import the mesh when done (jobs started here; history re-imports)
     fetching: bool = False
     imported: bool = False
@@ -65,23 +69,26 @@ class Updates:
     previews: dict[str, dict[str, Any]] = field(default_factory=dict)  # job id -> latest preview event
     meshes: dict[str, dict[str, Any]] = field(default_factory=dict)  # job id -> latest mesh event
     results: list[tuple[Job, bytes]] = field(default_factory=list)   # (job, mesh.glb) to import
+    thumbnails: dict[str, bytes] = field(default_factory=dict)       # job id -> preview.png of a history job
     changed: bool = False                                            # the panel needs a redraw
 
     def __bool__(self) -> bool:
-        return bool(self.previews or self.meshes or self.results or self.changed)
+        return bool(self.previews or self.meshes or self.results or self.thumbnails or self.changed)
 
 
 class Session:
-    def __init__(self, address: str, timeout_s: float = 5.0):
-        self.address = address
-        self.timeout_s = timeout_s
-        self.worker = Worker(address, timeout_s)
+    def __init__(self, connection: Connection):
+        self.connection = connection
+        self.address = connection.address
+        self.timeout_s = connection.timeout_s
+        self.worker = Worker(connection)
         self.events: Client | None = None   # main-thread client, used only for the event stream
         self.backend = "unknown"             # unknown | ok | unreachable | mismatch | error
         self.backend_message = ""
         self.info: dict[str, Any] = {}
         self.jobs: dict[str, Job] = {}       # jobs started or re-imported from this Blender session
         self.history: list[dict[str, Any]] = []
+        self.thumbnails_asked: set[str] = set()  # history jobs whose preview was fetched (or is being)
         self.last_error = ""                 # the last failed request (submit, cancel, fetch...)
         self._updates = Updates()
         self._probing = False
@@ -114,7 +121,7 @@ class Session:
         """Ask how the backend is at the next tick (after Start backend, or a Refresh click)."""
         self._next_probe = 0.0
 
-    def submit(self, requests: list[dict[str, Any]], origin=(0.0, 0.0, 0.0),
+    def submit(self, requests: list[dict[str, Any]], origin=(0.0, 0.0, 0.0), size: float = 1.0,
                on_submitted: Callable[[list[Job], str], None] | None = None) -> None:
         """Start one job per request; variations submitted together are placed side by side.
 
@@ -129,14 +136,14 @@ class Session:
                     errors.append(self._note_error(error, f"could not start \"{request.get('prompt', '')}\""))
                 else:
                     job = Job(job_id=job_id, prompt=request.get("prompt", ""), request=dict(request), slot=slot,
-                              variations=len(requests), origin=tuple(origin))
+                              variations=len(requests), origin=tuple(origin), size=size)
                     self.jobs[job_id] = job
                     answers.append(job)
                     self.last_error = ""  # an older error is stale once a job went through
                     self._changed()
                 if len(answers) + len(errors) == len(requests) and on_submitted is not None:
                     on_submitted(sorted(answers, key=lambda j: j.slot), "; ".join(errors))
-            self.worker.call("submit", request, on_done=done)
+            self.worker.call(Client.submit, request, on_done=done)
 
         self._ensure_events()
         for i, request in enumerate(requests):
@@ -149,16 +156,16 @@ class Session:
                 self._note_error(error, "could not cancel the job")
             elif status:
                 self._on_status(status)
-        self.worker.call("cancel", job_id, on_done=done)
+        self.worker.call(Client.cancel, job_id, on_done=done)
 
-    def reimport(self, status: dict[str, Any], origin=(0.0, 0.0, 0.0)) -> Job:
+    def reimport(self, status: dict[str, Any], origin=(0.0, 0.0, 0.0), size: float = 1.0) -> Job:
         """Fetch and import the mesh of a finished job from the history."""
         job_id = status["job_id"]
         job = self.jobs.get(job_id)
         if job is None:
             job = Job(job_id=job_id, prompt=_prompt_of(status), request=dict(status.get("request") or {}))
             self.jobs[job_id] = job
-        job.origin = tuple(origin)
+        job.origin, job.size = tuple(origin), size
         job.state, job.auto_import, job.imported, job.import_error = status.get("state", "done"), True, False, ""
         self._fetch_result(job)
         return job
@@ -167,8 +174,14 @@ class Session:
         def done(jobs: list | None, error: Exception | None) -> None:
             if error is None:
                 self.history = list(jobs or [])
+                self._fetch_thumbnails()
                 self._changed()
-        self.worker.call("jobs", on_done=done)
+        self.worker.call(Client.jobs, on_done=done)
+
+    def thumbnail_of(self, job_id: str) -> str:
+        """The image name of a history job's thumbnail: its live preview if it ran here ("" if none)."""
+        job = self.jobs.get(job_id)
+        return job.image_name if job is not None and job.image_name else ""
 
     def close(self) -> None:
         """Close every socket and stop the request thread. Safe to call twice."""
@@ -212,7 +225,7 @@ class Session:
     def _ensure_events(self) -> None:
         try:
             if self.events is None:
-                self.events = Client(address=self.address, timeout_s=self.timeout_s)
+                self.events = connect(self.connection)
             self.events.subscribe(None)  # all jobs: variations and re-imports share one stream
         except ClientError as error:  # e.g. a malformed address in the preferences
             self._set_backend(error)
@@ -233,7 +246,7 @@ class Session:
             if not active:
                 finish()
             for i, job_id in enumerate(active):
-                self.worker.call("status", job_id, on_done=on_status(job_id, i == len(active) - 1))
+                self.worker.call(Client.status, job_id, on_done=on_status(job_id, i == len(active) - 1))
 
         def on_status(job_id: str, last: bool):
             def done(status: dict | None, error: Exception | None) -> None:
@@ -247,7 +260,7 @@ class Session:
                     finish()
             return done
 
-        self.worker.call("info", on_done=on_info)
+        self.worker.call(Client.info, on_done=on_info)
 
     def _on_status(self, status: dict[str, Any]) -> None:
         job = self.jobs.get(status.get("job_id"))
@@ -271,6 +284,21 @@ class Session:
             if state == "done" and job.auto_import:
                 self._fetch_result(job)
 
+    def _fetch_thumbnails(self) -> None:
+        """Fetch the preview of each finished history job shown, once; jobs run here have theirs."""
+        for status in self.history[:HISTORY_ROWS]:
+            job_id = status.get("job_id", "")
+            if (status.get("state") != "done" or not status.get("has_preview") or job_id in self.thumbnails_asked
+                    or self.thumbnail_of(job_id)):
+                continue
+            self.thumbnails_asked.add(job_id)
+
+            def done(png: bytes | None, error: Exception | None, job_id: str = job_id) -> None:
+                if error is None and png:  # no thumbnail is no reason to bother the user
+                    self._updates.thumbnails[job_id] = png
+                    self._changed()
+            self.worker.call(Client.fetch, job_id, PREVIEW_NAME, on_done=done)
+
     def _fetch_result(self, job: Job) -> None:
         if job.fetching or job.imported:
             return
@@ -283,7 +311,7 @@ class Session:
             else:
                 self._updates.results.append((job, data))
             self._changed()
-        self.worker.call("fetch", job.job_id, "mesh.glb", on_done=done)
+        self.worker.call(Client.fetch, job.job_id, "mesh.glb", on_done=done)
 
     def _on_event(self, event: dict[str, Any]) -> None:
         job = self.jobs.get(event.get("job_id"))

@@ -6,14 +6,13 @@ timers never fire, so `run_until` drives the very same tick in a loop for blocki
 """
 from __future__ import annotations
 
-import collections
 import time
 import traceback
 from typing import Callable
 
 import bpy
 
-from . import images, importer, prefs, proxy
+from . import images, importer, placement, prefs, proxy
 from .naming import datablock_name, variation_suffix
 from .session import Job, Session, Updates
 
@@ -21,18 +20,17 @@ FAST_S = 0.1   # timer interval while a job runs
 SLOW_S = 0.5   # while idle (the backend is still checked on every few seconds)
 
 _session: Session | None = None
-# For bench/bench_addon.py: each tick's (seconds inside, previews, meshes, results applied), and the
-# seconds from the backend publishing a preview to the image datablock holding it (same clock).
-tick_times: collections.deque = collections.deque(maxlen=10_000)
-preview_latencies: collections.deque = collections.deque(maxlen=10_000)
 
 
 def session() -> Session:
-    """The add-on's one session, created on first use from the preferences."""
+    """The add-on's one session, created on first use from the preferences, and made anew (new
+    sockets) when the address, timeout or keys in the preferences changed since."""
     global _session
+    connection = prefs.get().connection()
+    if _session is not None and _session.connection != connection:
+        reset_session()
     if _session is None:
-        p = prefs.get()
-        _session = Session(p.address, p.timeout)
+        _session = Session(connection)
     return _session
 
 
@@ -53,12 +51,8 @@ def tick() -> float | None:
     """The timer callback. Returns the delay until the next call; an error is shown, never raised
     (Blender would silently drop a timer that raises)."""
     try:
-        started = time.perf_counter()
         s = session()
-        updates = s.tick()
-        apply(s, updates)
-        tick_times.append((time.perf_counter() - started, len(updates.previews), len(updates.meshes),
-                           len(updates.results)))
+        apply(s, s.tick())
         return FAST_S if s.busy else SLOW_S
     except Exception as error:  # keep the timer alive and say what went wrong
         traceback.print_exc()
@@ -73,14 +67,14 @@ def apply(s: Session, updates: Updates) -> None:
         job = s.jobs[job_id]
         job.image_name = job.image_name or images.image_name(job.prompt, _suffix(job))
         images.show_png(job.image_name, event["png"])
-        if isinstance(event.get("time"), (int, float)):
-            preview_latencies.append(time.time() - event["time"])
     for job_id, event in updates.meshes.items():
         job = s.jobs[job_id]
         if job.imported or not job.request.get("coarse_mesh_every", 1):
             continue
         job.proxy_name = job.proxy_name or proxy.proxy_name(job.prompt, _suffix(job))
-        proxy.show_mesh(job.proxy_name, event, importer.placement(job.origin, job.slot))
+        proxy.show_mesh(job.proxy_name, event, placement.slot_location(job.origin, job.slot, job.size), job.size)
+    for job_id, png in updates.thumbnails.items():
+        images.show_png(images.thumbnail_name(job_id), png, keep=False)
     for job, data in updates.results:
         _import(job, data)
     if updates:
@@ -96,7 +90,7 @@ def _import(job: Job, data: bytes) -> None:
     job.proxy_name = ""
     try:
         objects = importer.import_glb(data, datablock_name(job.prompt, _suffix(job)),
-                                      importer.placement(job.origin, job.slot))
+                                      placement.slot_location(job.origin, job.slot, job.size), job.size)
     except importer.ImportFailed as error:
         job.import_error = str(error)
         return

@@ -12,26 +12,27 @@ import queue
 import threading
 from typing import Any, Callable
 
-from .shared.client import Client, ServerUnreachable
+from .connection import Connection, connect
+from .shared.client import ServerUnreachable
 
 Callback = Callable[[Any, Exception | None], None]
 _STOP = object()
 
 
 class Worker:
-    def __init__(self, address: str, timeout_s: float):
-        self.address = address
-        self.timeout_s = timeout_s
+    def __init__(self, connection: Connection):
+        self.connection = connection
         self._requests: queue.Queue = queue.Queue()
         self._answers: queue.Queue = queue.Queue()
         self._pending = 0  # requests sent and not yet drained; main thread only
         self._thread = threading.Thread(target=self._run, name="distill3d-requests", daemon=True)
         self._thread.start()
 
-    def call(self, method: str, *args: Any, on_done: Callback | None = None) -> None:
-        """Run `client.<method>(*args)` on the thread; `on_done(result, error)` runs later in `drain`."""
+    def call(self, request: Callable[..., Any], *args: Any, on_done: Callback | None = None) -> None:
+        """Run `request(client, *args)` on the thread, e.g. `call(Client.status, job_id)`;
+        `on_done(result, error)` runs later in `drain`."""
         self._pending += 1
-        self._requests.put((method, args, on_done))
+        self._requests.put((request, args, on_done))
 
     @property
     def busy(self) -> bool:
@@ -54,7 +55,7 @@ class Worker:
     def close(self) -> None:
         """Stop the thread and close its sockets. Waits at most for one request in flight (its timeout)."""
         self._requests.put((_STOP, (), None))
-        self._thread.join(timeout=self.timeout_s + 2.0)
+        self._thread.join(timeout=self.connection.timeout_s + 2.0)
 
     @property
     def alive(self) -> bool:
@@ -64,13 +65,13 @@ class Worker:
         client = None
         try:
             while True:
-                method, args, on_done = self._requests.get()
-                if method is _STOP:
+                request, args, on_done = self._requests.get()
+                if request is _STOP:
                     return
                 try:
                     if client is None:
-                        client = Client(address=self.address, timeout_s=self.timeout_s)
-                    result, error = getattr(client, method)(*args), None
+                        client = connect(self.connection)
+                    result, error = request(client, *args), None
                 except Exception as err:  # every error goes back to the main thread, shown to the user
                     result, error = None, err
                     if isinstance(err, ServerUnreachable) and client is not None:

@@ -1,237 +1,30 @@
 """The Blender add-on, for real: the built extension zip installed into headless Blender (PyPI bpy) the
 way Blender installs extensions, talking over loopback ZeroMQ to a real backend subprocess running
-the built-in "shapes" prior at the "tiny" preset with a few steps.
-
-Blender's user folders are pointed at a temporary folder before bpy is imported, so the test never
-touches the real ~/.config/blender.
+the built-in "shapes" prior at the "tiny" preset with a few steps (tests/blender_harness.py).
 """
 from __future__ import annotations
 
-import atexit
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tomllib
-import types
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-BLENDER_HOME = tempfile.mkdtemp(prefix="distill3d-blender-")
-atexit.register(shutil.rmtree, BLENDER_HOME, ignore_errors=True)
-os.environ.setdefault("BLENDER_USER_RESOURCES", BLENDER_HOME)  # before bpy is imported
-bpy = pytest.importorskip("bpy")
-
-from shared.client import Client, ServerUnreachable  # noqa: E402  (the repo's own copy, for setup only)
-from shared.version import PROTOCOL_VERSION, __version__  # noqa: E402
+from tests.blender_harness import (ADDON, BLENDER_HOME, FAST, JOB_TIMEOUT_S, ROOT, STEPS, Backend,  # noqa: F401
+                                   addon, addon_module, addon_zip, backend, bpy, connect, draw_panel,
+                                   image_texture_feeds_base_color, labels, prefs, scene, tcp_connections,
+                                   tick_until, zmq_threads)
 from shared.ports import free_port_pair
+from shared.version import PROTOCOL_VERSION, __version__
 
-REPO = "user_default"
-ADDON = f"bl_ext.{REPO}.distill3d"
-# The tiny preset with a smaller field, a larger step size and a small face budget: 20 steps then
-# grow a surface that the export accepts (with the default lr the field stays below the density
-# threshold for hundreds of steps, and the backend rightly refuses to export), and unwrapping the
-# few faces is quick (a noisy 50k-face mesh takes xatlas ~30 s). The tests check plumbing, not quality.
-STEPS = 20
-FAST = json.dumps({"resolution": 24, "hash_log2_table": 12, "hash_levels": 8, "hash_levels_start": 4,
-                   "max_samples_per_ray": 64, "lr": 0.2, "face_budget": 2000})
-JOB_TIMEOUT_S = 600.0  # generous: the CI machine is shared
-
-
-# ----- helpers -------------------------------------------------------------------------------------
-
-
-
-class Backend:
-    """`python -m backend serve` on a free loopback port with its own data folder."""
-
-    def __init__(self, tmp: Path):
-        self.port = free_port_pair()
-        self.log = tmp / f"backend-{self.port}.log"
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "backend", "serve", "--port", str(self.port), "--data-dir", str(tmp / "data"),
-                 "--preview-interval", "0", "--coarse-mesh-every", "10"],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        deadline = time.monotonic() + 120
-        with Client(f"tcp://127.0.0.1:{self.port}", timeout_s=1.0) as client:
-            while True:
-                try:
-                    client.info()
-                    return
-                except ServerUnreachable:
-                    if self.process.poll() is not None or time.monotonic() > deadline:
-                        self.stop()
-                        raise RuntimeError(f"the backend did not start: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=30)
-
-
-def addon_module(name: str = ""):
-    return sys.modules[f"{ADDON}.{name}" if name else ADDON]
-
-
-def prefs():
-    return bpy.context.preferences.addons[ADDON].preferences
-
-
-def connect(port: int, timeout_s: float = 2.0):
-    """Point the add-on at `port` and start from a fresh session."""
-    p = prefs()
-    p.port, p.timeout = port, timeout_s
-    sync = addon_module("sync")
-    sync.reset_session()
-    return sync.session()
-
-
-def tick_until(done, timeout_s: float = JOB_TIMEOUT_S, on_tick=None):
-    """Drive the add-on's timer callback (as Blender's timer would) until done() is true."""
-    sync = addon_module("sync")
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, "timed out driving the add-on's timer"
-        sync.tick()
-        if on_tick is not None:
-            on_tick()
-        time.sleep(0.02)
-
-
-class FakeLayout:
-    """Records what a panel draws (bpy's UILayout cannot be made without a window)."""
-
-    def __init__(self, log: list):
-        self.log = log
-
-    def _child(self, *args, **kwargs) -> "FakeLayout":
-        return FakeLayout(self.log)
-
-    box = column = row = split = _child
-
-    def label(self, text="", icon="NONE", **kwargs):
-        self.log.append(("label", text))
-
-    def prop(self, data, name, **kwargs):
-        self.log.append(("prop", name))
-
-    def operator(self, idname, **kwargs):
-        self.log.append(("operator", idname))
-        return types.SimpleNamespace()
-
-    def progress(self, factor=0.0, type="BAR", text=""):
-        self.log.append(("progress", factor, text))
-
-    def template_icon(self, icon_value=0, scale=1.0):
-        self.log.append(("icon", icon_value))
-
-
-def draw_panel() -> list:
-    """What the main sidebar panel shows right now."""
-    log: list = []
-    addon_module("panel").DISTILL3D_PT_main.draw(types.SimpleNamespace(layout=FakeLayout(log)), bpy.context)
-    return log
-
-
-def labels(log) -> str:
-    """The panel's text, wrapped lines joined back with spaces."""
-    return " ".join(entry[1] for entry in log if entry[0] == "label")
-
-
-def tcp_connections(ports: set[int]) -> list[str]:
-    """This process's established TCP connections to `ports` on loopback (Linux /proc)."""
-    inodes = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            link = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[8:-1])
-    found = []
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        parts = line.split()
-        remote_port = int(parts[2].split(":")[1], 16)
-        if parts[3] == "01" and parts[9] in inodes and remote_port in ports:
-            found.append(line)
-    return found
-
-
-def zmq_threads() -> list[str]:
-    """ZeroMQ's background threads in this process: one set per open zmq.Context."""
-    names = []
-    for task in os.listdir("/proc/self/task"):
-        try:
-            names.append(Path(f"/proc/self/task/{task}/comm").read_text().strip())
-        except OSError:
-            continue
-    return [n for n in names if n.startswith("ZMQbg")]
-
-
-def image_texture_feeds_base_color(material) -> bool:
-    """True if an Image Texture node with pixels is upstream of the Principled BSDF's Base Color."""
-    bsdf = next(n for n in material.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
-    todo, seen = [bsdf.inputs["Base Color"]], set()
-    while todo:
-        socket_ = todo.pop()
-        for link in socket_.links:
-            node = link.from_node
-            if node.type == "TEX_IMAGE" and node.image is not None and node.image.size[0] > 0:
-                return True
-            if node.name not in seen:
-                seen.add(node.name)
-                todo.extend(node.inputs)
-    return False
-
-
-# ----- fixtures ------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def addon_zip() -> Path:
-    """`python3 build.py addon` (its package step): the zip users install."""
-    done = subprocess.run([sys.executable, "-m", "blender_addon.package"], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return ROOT / "dist" / f"distill3d-{__version__}.zip"
-
-
-@pytest.fixture(scope="module")
-def addon(addon_zip):
-    assert bpy.utils.user_resource("EXTENSIONS").startswith(os.environ["BLENDER_USER_RESOURCES"])
-    result = bpy.ops.extensions.package_install_files(filepath=str(addon_zip), repo=REPO, enable_on_install=True)
-    assert result == {"FINISHED"}
-    assert ADDON in bpy.context.preferences.addons
-    yield addon_module()
-    bpy.ops.preferences.addon_disable(module=ADDON)
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    server = Backend(tmp_path_factory.mktemp("backend"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def scene(addon):
-    """A clean scene with the panel's settings reset, the 3D cursor somewhere off the origin."""
-    for obj in list(bpy.data.objects):
-        bpy.data.objects.remove(obj)
-    settings = bpy.context.scene.distill3d
-    for name in ("prompt", "negative", "method", "preset", "variations", "steps", "resolution", "seed",
-                 "mesh_resolution", "texture_size", "preview_every", "live_mesh", "extra"):
-        settings.property_unset(name)
-    bpy.context.scene.cursor.location = (1.0, -2.0, 0.5)
-    yield bpy.context.scene
-    addon_module("sync").reset_session()
+def images_icon(name: str) -> int:
+    return addon_module("images").icon_id(name)
 
 
 # ----- the package ---------------------------------------------------------------------------------
@@ -246,7 +39,11 @@ def test_zip_is_a_valid_extension_with_matching_wheels(addon_zip, addon):
     assert {w.removeprefix("./") for w in manifest["wheels"]} == bundled
     for platform_tag in ("manylinux", "win_amd64", "macosx"):  # every listed platform has a cp311 wheel
         assert any("cp311" in w and platform_tag in w for w in bundled), platform_tag
-    assert "shared/client.py" in names and "__init__.py" in names and "package.py" not in names
+    assert "shared/client.py" in names and "__init__.py" in names
+    shipped = {n for n in names if not n.startswith(("wheels/", "shared/")) and n != "blender_manifest.toml"}
+    assert shipped == {p.relative_to(ROOT / "blender_addon").as_posix()  # the add-on's files, and only those
+                       for p in (ROOT / "blender_addon").rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                       and p.name != "blender_manifest.toml"}
     # Blender's own validator accepts it...
     validator = Path(bpy.utils.system_resource("SCRIPTS"), "addons_core", "bl_pkg", "cli", "blender_ext.py")
     done = subprocess.run([sys.executable, str(validator), "validate", str(addon_zip)], capture_output=True, text=True)
@@ -313,6 +110,15 @@ def test_panel_generate_previews_and_imports_the_textured_mesh(scene, backend):
     tick_until(lambda: any(s["job_id"] == job.job_id for s in session.history))
     assert bpy.ops.distill3d.import_job(job_id=job.job_id, wait=True) == {"FINISHED"}
     assert len([o for o in bpy.data.objects if o.type == "MESH"]) == 2
+    # History rows show a thumbnail of each finished job's preview: here the live preview image...
+    history = draw_panel("DISTILL3D_PT_history")
+    assert ("label", "", images_icon(job.image_name)) in history
+    # ...and in a fresh session (another Blender, say) the backend's preview.png, fetched once.
+    session = connect(backend.port)
+    thumbnail = addon_module("images").thumbnail_name(job.job_id)
+    tick_until(lambda: bpy.data.images.get(thumbnail) is not None)
+    assert bpy.data.images[thumbnail].size[0] > 0
+    assert ("label", "", images_icon(thumbnail)) in draw_panel("DISTILL3D_PT_history")
 
 
 @pytest.mark.slow
@@ -323,9 +129,13 @@ def test_scripted_generate_blocks_and_places_variations_side_by_side(scene, back
     assert result == {"FINISHED"}  # it returned only once both meshes were in the scene
     meshes = sorted((o for o in bpy.data.objects if o.type == "MESH"), key=lambda o: o.location.x)
     assert [o.name for o in meshes] == ["a blue sphere (seed 0)", "a blue sphere (seed 1)"]
-    spacing = addon_module("importer").SPACING
-    assert meshes[1].location.x - meshes[0].location.x == pytest.approx(spacing)
+    size = scene.distill3d.size  # 1 m by default
+    gap = addon_module("placement").ROW_GAP
+    assert meshes[1].location.x - meshes[0].location.x == pytest.approx(size * (1 + gap))  # in a row along +X
+    assert meshes[0].location.y == meshes[1].location.y and meshes[0].location.z == meshes[1].location.z
     assert tuple(meshes[0].location) == pytest.approx(tuple(scene.cursor.location))
+    for obj in meshes:
+        assert max(obj.dimensions) == pytest.approx(size, rel=1e-4) and tuple(obj.scale) == (1, 1, 1)
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
-"""Build the Blender extension zip: `python -m blender_addon.package` (what `python3 build.py addon` runs).
+"""Build the Blender extension zip: `python tools/build_addon.py` (what `python3 build.py addon` runs).
 
 dist/distill3d-<version>.zip holds, at its root (the layout `blender --command extension build` makes):
-  - the add-on modules of this folder (not this build script),
+  - every file of blender_addon/ (this build script lives outside it, so nothing needs excluding),
   - blender_manifest.toml with `version` from shared/version.py and `wheels` naming the bundled files,
   - shared/ copied in as a subpackage (the add-on imports `from .shared.client import Client`),
   - wheels/: pyzmq wheels, the venv's pyzmq version, for every platform the manifest lists, for
@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ADDON = ROOT / "blender_addon"
 SHARED = ROOT / "shared"
 MANIFEST = "blender_manifest.toml"
-# Files of this folder that are build tooling, not part of the installed add-on.
-NOT_SHIPPED = {"package.py", MANIFEST}
+# Written into the zip with version and wheels filled in, not copied as is.
+NOT_SHIPPED = {MANIFEST}
 
 # Blender platform name -> the pip platform tag asked for (pip also accepts older compatible tags,
 # e.g. manylinux_2_26 for manylinux_2_28, universal2 for arm64).

@@ -45,9 +45,9 @@ def connect(connection: Connection) -> Client:
                                         ("the client public key", keys.client_public),
                                         ("the client secret key", keys.client_secret)) if not value.strip()]
     if missing:
-        raise ClientError(f"{', '.join(missing)} is empty: in Preferences > Add-ons > Distill3D set the server's "
-                          "public key and press Generate client keys (or clear all three keys for a local backend)",
-                          "keys")
+        raise ClientError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} empty: in Preferences > "
+                          "Add-ons > Distill3D set the server's public key and press Generate client keys (or clear "
+                          "all three keys for a backend on this machine without keys)", "keys")
     return Client(address=connection.address, timeout_s=connection.timeout_s,
                   server_public_key=keys.server_public.strip(),
                   client_keys=(keys.client_public.strip(), keys.client_secret.strip()))

@@ -79,7 +79,7 @@ class DISTILL3D_OT_generate(bpy.types.Operator):
 
     def invoke(self, context, event):
         result = self.execute(context)
-        if "FINISHED" in result and not self.wait:
+        if "FINISHED" in result and not self.wait and context.window is not None:  # none in blender -b
             bpy.ops.distill3d.watch("INVOKE_DEFAULT")
         return result
 

@@ -19,6 +19,7 @@ import time
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -255,3 +256,125 @@ def scene(addon):
     bpy.context.scene.cursor.location = (1.0, -2.0, 0.5)
     yield bpy.context.scene
     addon_module("sync").reset_session()
+
+
+# ----- pictures rendered by Blender (tests/test_blender_render.py, bench/render_in_blender.py) ----------
+
+def stage(objects, size_px: int = 192, samples: int = 16):
+    """A camera framing `objects` (from the front-left, a little above, as Blender's front view faces
+    +Y), a sun, a soft grey world, and Cycles on the CPU with a transparent film (alpha = the objects)."""
+    from mathutils import Vector
+
+    scene = bpy.context.scene
+    corners = [obj.matrix_world @ Vector(c) for obj in objects for c in obj.bound_box]
+    low = Vector([min(c[i] for c in corners) for i in range(3)])
+    high = Vector([max(c[i] for c in corners) for i in range(3)])
+    centre, radius = (low + high) / 2, (high - low).length / 2
+    camera = bpy.data.objects.get("Distill3D test camera")
+    if camera is None:
+        camera = bpy.data.objects.new("Distill3D test camera", bpy.data.cameras.new("Distill3D test camera"))
+        scene.collection.objects.link(camera)
+    direction = Vector((-0.55, -1.0, 0.45)).normalized()
+    half_fov = camera.data.angle / 2
+    camera.location = centre + direction * (radius / np.sin(half_fov) * 1.05)
+    camera.rotation_euler = (-direction).to_track_quat("-Z", "Y").to_euler()
+    scene.camera = camera
+    sun = bpy.data.objects.get("Distill3D test sun")
+    if sun is None:
+        sun = bpy.data.objects.new("Distill3D test sun", bpy.data.lights.new("Distill3D test sun", "SUN"))
+        scene.collection.objects.link(sun)
+    sun.data.energy = 3.0
+    sun.rotation_euler = Vector((-0.4, -0.6, 1.0)).normalized().to_track_quat("Z", "Y").to_euler()
+    if scene.world is None:
+        scene.world = bpy.data.worlds.new("Distill3D test world")
+    background = next(n for n in scene.world.node_tree.nodes if n.type == "BACKGROUND")
+    background.inputs["Color"].default_value = (0.4, 0.4, 0.4, 1.0)
+    background.inputs["Strength"].default_value = 1.0
+    render = scene.render
+    render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = samples
+    scene.cycles.use_denoising = False
+    render.film_transparent = True
+    render.resolution_x = render.resolution_y = size_px
+    render.resolution_percentage = 100
+    render.image_settings.file_format = "PNG"
+    render.image_settings.color_mode = "RGBA"
+    return camera
+
+
+def render_png(path: Path, visible) -> np.ndarray:
+    """Render the scene with only `visible` of the meshes showing; the picture as uint8 [H, W, 4]."""
+    from PIL import Image
+
+    for obj in bpy.context.scene.objects:
+        if obj.type == "MESH":
+            obj.hide_render = obj not in visible
+    scene = bpy.context.scene
+    scene.render.filepath = str(path)
+    bpy.ops.render.render(write_still=True)
+    return np.asarray(Image.open(path).convert("RGBA"))
+
+
+def surface_texture_color(obj) -> np.ndarray:
+    """The mean RGB (0..1, sRGB) the texture gives the surface: the image feeding the base colour,
+    looked up at every face corner's UV (the texture's unused atlas space does not count)."""
+    material = obj.material_slots[0].material
+    image = next(n for n in material.node_tree.nodes if n.type == "TEX_IMAGE" and n.image is not None).image
+    width, height = image.size
+    pixels = np.empty(width * height * 4, np.float32)
+    image.pixels.foreach_get(pixels)  # row 0 at the bottom, like Blender's v = 0
+    pixels = pixels.reshape(height, width, 4)
+    uv = np.empty(2 * len(obj.data.loops), np.float32)
+    obj.data.uv_layers.active.data.foreach_get("uv", uv)
+    uv = np.clip(uv.reshape(-1, 2), 0.0, 1.0)
+    x = np.minimum((uv[:, 0] * width).astype(int), width - 1)
+    y = np.minimum((uv[:, 1] * height).astype(int), height - 1)
+    return pixels[y, x, :3].mean(axis=0)
+
+
+def silhouette_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Overlap of two renders' alpha masks (intersection over union)."""
+    mask_a, mask_b = a[..., 3] > 127, b[..., 3] > 127
+    return float((mask_a & mask_b).sum() / max(1, (mask_a | mask_b).sum()))
+
+
+def generate_and_render(tmp: Path, prompt: str, steps: int, size_px: int = 192, samples: int = 16) -> dict:
+    """The whole artist's path in headless Blender: a backend, Generate (wait=True) on the shapes prior
+    at the tiny preset with the live mesh on, and Cycles renders, from one camera, of the imported
+    object and of a copy of the live mesh taken at the first mesh event past half the steps."""
+    server = Backend(tmp, coarse_mesh_every=max(1, steps // 6))
+    try:
+        connect(server.port, timeout_s=10.0)  # the machine may be busy: answers can take seconds
+        clear_scene()
+        bpy.context.scene.cursor.location = (0.0, 0.0, 0.0)
+        sync = addon_module("sync")
+        original_apply, kept = sync.apply, {}
+
+        def apply_and_keep_the_live_mesh(session, updates):  # watches what the timer applies; changes nothing
+            original_apply(session, updates)
+            for job_id, event in updates.meshes.items():
+                live = bpy.data.objects.get(session.jobs[job_id].proxy_name)
+                if "live" not in kept and live is not None and event.get("step", 0) >= steps // 2:
+                    copy = live.copy()
+                    copy.data = live.data.copy()
+                    copy.name = f"{prompt} (live mesh, step {event['step']})"
+                    bpy.context.scene.collection.objects.link(copy)
+                    kept.update(live=copy, step=event["step"])
+        sync.apply = apply_and_keep_the_live_mesh
+        try:
+            result = bpy.ops.distill3d.generate(prompt=prompt, preset="tiny", steps=steps, extra=FAST, live_mesh=True,
+                                                wait=True, timeout=JOB_TIMEOUT_S)
+        finally:
+            sync.apply = original_apply
+        assert result == {"FINISHED"}
+        final = bpy.data.objects[prompt]
+        assert "live" in kept, "no live mesh arrived past half the steps"
+        stage([final, kept["live"]], size_px, samples)
+        bpy.context.scene.view_settings.view_transform = "Standard"  # colours as the texture has them
+        return {"final": final, "live": kept["live"], "live_step": kept["step"],
+                "final_png": render_png(tmp / "final.png", [final]),
+                "live_png": render_png(tmp / "live.png", [kept["live"]])}
+    finally:
+        addon_module("sync").reset_session()
+        server.stop()

@@ -1,6 +1,6 @@
 """How much the Blender add-on costs Blender's main thread, and how fresh its preview is.
 
-    python bench/bench_addon.py [--steps 40] [--out bench/out/addon.json]
+    python bench/bench_addon.py [--steps 100] [--out bench/out/addon.json]
 
 1. A real job (built-in shapes prior, tiny preset) on a real backend subprocess, followed by the
    add-on's timer callback at its own pace, in headless Blender (PyPI bpy) with the built zip
@@ -40,23 +40,41 @@ def summary(seconds: list[float]) -> dict[str, float]:
             "max_ms": ms[-1]}
 
 
-def install() -> None:
-    done = harness.subprocess.run([sys.executable, "-m", "blender_addon.package"], cwd=ROOT,
-                                  capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(done.stdout + done.stderr)
-    zip_path = ROOT / "dist" / f"distill3d-{harness.__version__}.zip"
-    bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo=harness.REPO, enable_on_install=True)
+class TimedTimer:
+    """Blender's timer callback (sync.tick) timed from outside, with what each call applied: the
+    add-on itself keeps no counters. `sync.apply` is wrapped only to observe what it was given."""
+
+    def __init__(self, sync):
+        self.sync, self.ticks, self.preview_latencies = sync, [], []
+        self._apply, self._seen = sync.apply, (0, 0, 0)
+        sync.apply = self._observe
+
+    def _observe(self, session, updates) -> None:
+        self._apply(session, updates)
+        self._seen = (len(updates.previews), len(updates.meshes), len(updates.results))
+        for event in updates.previews.values():  # the backend stamps each event with its clock (same machine)
+            if isinstance(event.get("time"), (int, float)):
+                self.preview_latencies.append(time.time() - event["time"])
+
+    def __call__(self) -> float:
+        self._seen = (0, 0, 0)
+        started = time.perf_counter()
+        delay = self.sync.tick()
+        self.ticks.append((time.perf_counter() - started, *self._seen))
+        return delay
+
+    def close(self) -> None:
+        self.sync.apply = self._apply
 
 
 def live_job(steps: int, tmp: Path) -> dict:
-    backend = harness.Backend(tmp)
+    backend = harness.Backend(tmp, coarse_mesh_every=5)
+    sync = harness.addon_module("sync")
+    timer = TimedTimer(sync)
     try:
         session = harness.connect(backend.port)
-        sync = harness.addon_module("sync")
         harness.tick_until(lambda: session.backend == "ok", timeout_s=60)
-        sync.tick_times.clear()
-        sync.preview_latencies.clear()
+        timer.ticks.clear()
         # The tests' small field: the run ends in an exported mesh, so the import is timed too.
         bpy.ops.distill3d.generate(prompt="a red cube", preset="tiny", steps=steps, preview_every=1,
                                    extra=harness.FAST)
@@ -64,9 +82,9 @@ def live_job(steps: int, tmp: Path) -> dict:
         while not (session.jobs and all(j.finished for j in session.jobs.values())):
             if time.monotonic() > deadline:
                 raise SystemExit("the job did not finish within 30 minutes")
-            time.sleep(sync.tick())  # exactly what Blender's timer calls, at the pace it asks for
+            time.sleep(timer())  # exactly what Blender's timer calls, at the pace it asks for
         (job,) = session.jobs.values()
-        ticks = list(sync.tick_times)  # (seconds, previews, meshes, results) per call
+        ticks = timer.ticks  # (seconds, previews, meshes, results) per call
         return {"state": job.state, "message": job.message or job.import_error, "steps": steps,
                 "timer_callback_all": summary([t[0] for t in ticks]),
                 "timer_callback_no_import": summary([t[0] for t in ticks if not t[3]]),
@@ -74,9 +92,10 @@ def live_job(steps: int, tmp: Path) -> dict:
                 "with_live_mesh": summary([t[0] for t in ticks if t[2] and not t[3]]),
                 "events_only": summary([t[0] for t in ticks if not any(t[1:])]),
                 "import_callback": summary([t[0] for t in ticks if t[3]]),
-                "preview_latency": summary(list(sync.preview_latencies))}
+                "preview_latency": summary(timer.preview_latencies)}
     finally:
-        harness.addon_module("sync").reset_session()
+        timer.close()
+        sync.reset_session()
         backend.stop()
 
 
@@ -110,7 +129,7 @@ def update_costs(repeats: int = 20) -> dict:
         times = []
         for _ in range(repeats):
             started = time.perf_counter()
-            proxy.show_mesh("bench proxy", event, (0, 0, 0))
+            proxy.show_mesh("bench proxy", event, (0, 0, 0), 1.0)
             times.append(time.perf_counter() - started)
         out[f"mesh_{len(sphere.vertices)}_vertices"] = summary(times)
     return out
@@ -118,10 +137,10 @@ def update_costs(repeats: int = 20) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40, help="steps of the live job (the tiny preset's 40)")
+    parser.add_argument("--steps", type=int, default=100, help="steps of the live job (a live mesh every 5)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "addon.json")
     args = parser.parse_args()
-    install()
+    harness.install_addon()
     import tempfile
 
     results = {"update_costs": update_costs()}

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend import config as backend_config
 from backend.config import GenerateConfig
 from shared import protocol
 from shared.keys import BadKey, generate_keys, read_keypair, read_public_key
@@ -30,8 +29,6 @@ def test_request_table_covers_generate_config_with_the_same_defaults_and_choices
         f = config_fields[name]
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         assert spec.default == default, name
-    assert protocol.METHODS == backend_config.METHOD_NAMES
-    assert protocol.PRESETS == tuple(backend_config.PRESETS)
 
 
 @pytest.mark.parametrize("name", [n for n, s in REQUEST_FIELDS.items() if s.low is not None])
@@ -49,8 +46,8 @@ def test_every_value_the_protocol_accepts_at_its_range_ends_is_a_valid_config(na
     ({"prompt": "a cube", "steps": 2.5}, "steps", "whole number"),
     ({"prompt": "a cube", "steps": True}, "steps", "whole number"),
     ({"prompt": "a cube", "cfg": float("inf")}, "cfg", "must be a number"),
-    ({"prompt": "a cube", "method": "dreamfusion"}, "method", "use one of sds"),
-    ({"prompt": "a cube", "preset": "ultra"}, "preset", "use one of tiny"),
+    ({"prompt": "a cube", "method": "dreamfusion"}, "method", "use one of 'sds'"),
+    ({"prompt": "a cube", "preset": "ultra"}, "preset", "use one of 'tiny'"),
     ({"prompt": "a cube", "device": "tpu"}, "device", "not valid"),
     ({"prompt": "a cube", "view_dependent": 1}, "view_dependent", "true or false"),
     ({"prompt": "a cube", "seed": None}, "seed", "must not be null"),

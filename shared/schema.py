@@ -104,11 +104,11 @@ class Method:
 
 def _cfg(default: float) -> Field:
     return Field("float", default, -1000.0, 1000.0,
-                 help="classifier-free guidance scale s of e_0 + s (e_y - e_0)")
+                 help="classifier-free guidance scale s in e_0 + s (e_y - e_0)")
 
 
 _WEIGHTING = Field("str", "sds", choices=("sds", "uniform"),
-                   help='w(t) of the gradient: "sds" = 1 - abar_t (DreamFusion), "uniform" = 1')
+                   help="w(t) of the gradient: sds = 1 - abar_t (DreamFusion), uniform = 1")
 _STEP = 10**9  # upper bound of a step number
 
 # SDS and NFSD share the random timestep schedule t ~ U{T t_min .. T t_max}.
@@ -116,8 +116,8 @@ _RANDOM_T = {
     "t_min": Field("float", 0.02, 0.0, 1.0, help="smallest t, as a fraction of the 1000 timesteps"),
     "t_max": Field("float", 0.98, 0.0, 1.0, help="largest t, as a fraction of the 1000 timesteps"),
     "anneal_after": Field("int", None, 0, _STEP, nullable=True,
-                          help="from this step on, t is at most anneal_t_max (null: never)"),
-    "anneal_t_max": Field("float", 0.5, 0.0, 1.0, help="largest t after anneal_after"),
+                          help="from this step on, t is at most anneal_t_max"),
+    "anneal_t_max": Field("float", 0.5, 0.0, 1.0, help="largest t from step anneal_after on"),
     "weighting": _WEIGHTING,
 }
 
@@ -140,9 +140,10 @@ METHODS: dict[str, Method] = {
                   {"cfg": _cfg(7.5),
                    "inversion_cfg": Field("float", -7.5, -1000.0, 1000.0,
                                           help="guidance on the DDIM inversion (negative, as in the SDI paper)"),
-                   "entropy": Field("float", 0.3, 0.0, 10.0, help="noise added at each inversion step (SDI eq. 11)"),
+                   "entropy": Field("float", 0.3, 0.0, 10.0, help="noise added on each inversion step (SDI eq. 11)"),
                    **_decreasing_t(0.25),
-                   "inversion_steps": Field("int", 10, 1, 100, help="steps of the DDIM inversion grid over 1000")}),
+                   "inversion_steps": Field("int", 10, 1, 100,
+                                            help="steps of the DDIM inversion grid over the 1000 timesteps")}),
     "fsd": Method("fsd", "FSD", "Flow Score Distillation: decreasing t and camera-fixed world-map noise, a "
                   "DDIM-like flow; CFG 7.5, diverse results across seeds",
                   {"cfg": _cfg(7.5), **_decreasing_t(0.02),

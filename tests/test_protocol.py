@@ -160,7 +160,7 @@ def test_shared_imports_without_torch_or_numpy_as_a_relocated_subpackage(tmp_pat
     (tmp_path / "myaddon" / "__init__.py").write_text("")
     code = ("import sys; sys.modules['torch'] = None; sys.modules['numpy'] = None; sys.modules['shared'] = None\n"
             "from myaddon.shared.client import Client, ClientError, ServerUnreachable, VersionMismatch\n"
-            "from myaddon.shared import protocol, keys, version\n"
+            "from myaddon.shared import protocol, keys, schema, version\n"
             "assert issubclass(ServerUnreachable, ClientError) and issubclass(VersionMismatch, ClientError)\n"
             "print(version.__version__)")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)

@@ -50,7 +50,7 @@ def ensure_venv(extras: str = "") -> None:
 def demo(args: list[str]) -> int:
     ensure_venv()
     out = ROOT / "results" / "demo"
-    return run(PYTHON, "-m", "backend", "generate", "a red cube", "--preset", "demo", "--out", out, *args)
+    return run(PYTHON, "-m", "backend", "generate", "a red cube", "--preset", "draft", "--out", out, *args)
 
 
 def test(args: list[str]) -> int:

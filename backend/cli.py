@@ -11,7 +11,9 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import METHOD_NAMES, PRESETS, with_preset
+from shared.schema import DEFAULT_METHOD, DEFAULT_PRESET, METHODS, PRESETS
+
+from .config import with_preset
 from .errors import UserError
 from .runtime import tune_allocator
 
@@ -32,7 +34,8 @@ def parse_option(text: str) -> tuple[str, object]:
 
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help='what to make, e.g. "a red cube"')
-    parser.add_argument("--method", choices=METHOD_NAMES, default="sds", help="score distillation method")
+    parser.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD,
+                        help="score distillation method (see `generate --help`)")
     parser.add_argument("--prior", default="shapes",
                         help="'shapes' (built-in exact prior) or a Stable Diffusion hub id or local folder")
     parser.add_argument("--cfg", type=float, help="guidance scale (default: 100 for SDS, 7.5 otherwise)")
@@ -46,13 +49,28 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                         help="a Stable Diffusion option, e.g. --prior-option perp_neg=true (repeatable)")
 
 
+def schema_help() -> str:
+    """The methods with their --set options and the presets, for `generate --help` (shared/schema.py)."""
+    lines = ["methods (--method; options with --set NAME=VALUE):"]
+    for name, method in METHODS.items():
+        lines.append(f"  {name:9s}{method.description}")
+        defaults = (f"{key}={'null' if option.default is None else option.default}"
+                    for key, option in method.options.items())
+        lines.append("           options: " + ", ".join(defaults))
+    lines.append("presets (--preset):")
+    lines += [f"  {name:9s}{preset.description}" for name, preset in PRESETS.items()]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend", description="Distill3D: text to textured 3D asset")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="text -> NeRF -> textured mesh")
+    gen = sub.add_parser("generate", help="text -> NeRF -> textured mesh", epilog=schema_help(),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(gen)
-    gen.add_argument("--preset", choices=list(PRESETS), default="draft", help="quality preset (default draft)")
+    gen.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
+                     help=f"quality preset (default {DEFAULT_PRESET}; see below)")
     gen.add_argument("--steps", type=int)
     gen.add_argument("--resolution", type=int, help="render size in pixels (square)")
     gen.add_argument("--out", type=Path, default=Path("results/run"), help="output folder")

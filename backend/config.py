@@ -1,42 +1,25 @@
-"""Settings of one generate run, their defaults, quality presets, and validation with clear errors.
+"""Settings of one generate run, their defaults, and validation with clear errors.
 
 The same dataclass is filled by the CLI, the Python API and the server (from a protocol request), and
-is saved in every checkpoint and report so a run can be resumed or repeated exactly.
+is saved in every checkpoint and report so a run can be resumed or repeated exactly. The quality
+presets, the methods and their options are shared/schema.py's; the ranges are
+shared/protocol.py REQUEST_FIELDS'.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from shared.protocol import Field, ProtocolError, check_value, validate_request
+from shared.protocol import ProtocolError, validate_request
+from shared.schema import DEFAULT_METHOD, Field, SettingError, check_value, preset_spec
 
 from .errors import UserError
-
-METHOD_NAMES = ("sds", "nfsd", "sdi", "fsd")
-
-# Quality presets: what the Blender panel's draft/standard/high and the CLI's --preset choose.
-# "demo" is sized for the 2-core CPU: `python3 build.py demo` finishes in a few minutes.
-PRESETS: dict[str, dict[str, Any]] = {
-    # CPU-sized presets use a 2^16 hash table (the simple shapes need no more, and Adam over the full
-    # 2^19 x 16 levels table would dominate a CPU step) and march about one step per pixel footprint
-    # (128 samples across the cube's diagonal at 64x64) instead of 512. Their short runs leave
-    # densities around 10, so the surface is taken at 5 rather than threestudio's 25.
-    "tiny": dict(steps=40, resolution=32, mesh_resolution=64, texture_size=128, occupancy_resolution=16,
-                 hash_log2_table=14, hash_levels=8, hash_levels_start=4, max_samples_per_ray=64, mesh_threshold=5.0,
-                 face_budget=5000),
-    "demo": dict(steps=800, resolution=64, mesh_resolution=128, texture_size=512, hash_log2_table=16,
-                 max_samples_per_ray=128, mesh_threshold=5.0),
-    "draft": dict(steps=800, resolution=64, mesh_resolution=128, texture_size=512, hash_log2_table=16,
-                  max_samples_per_ray=128, mesh_threshold=5.0),
-    "standard": dict(steps=3000, resolution=64, mesh_resolution=256, texture_size=1024),
-    "high": dict(steps=10000, resolution=128, mesh_resolution=256, texture_size=2048),
-}
 
 
 @dataclass
 class GenerateConfig:
     prompt: str
-    method: str = "sds"
+    method: str = DEFAULT_METHOD
     prior: str = "shapes"            # "shapes" (built-in exact prior) or a diffusers model id / folder
     negative: str | None = None      # None: the method's default (NFSD's negative prompt for NFSD)
     steps: int = 800
@@ -49,7 +32,7 @@ class GenerateConfig:
     offline: bool = False            # never touch the network when loading a model
     prior_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"perp_neg": True} for Stable Diffusion
 
-    # optimisation (METHODS.md, the NeRF side)
+    # optimisation (docs/methods.md, the NeRF side)
     lr: float = 0.01
     background_lr: float = 0.001
     batch_size: int = 1
@@ -77,7 +60,7 @@ class GenerateConfig:
     mesh_resolution: int = 256
     texture_size: int = 1024
     face_budget: int = 50_000
-    mesh_threshold: float = 25.0         # density level of the surface (METHODS.md: 25 after long GPU runs)
+    mesh_threshold: float = 25.0         # density level of the surface (threestudio's 25, for long GPU runs)
     mesh_smooth: bool = True             # light Taubin smoothing: fewer UV charts and seams (bench_export)
 
     def resolved(self) -> "GenerateConfig":
@@ -112,16 +95,18 @@ class GenerateConfig:
 
 
 def with_preset(preset: str, **overrides: Any) -> GenerateConfig:
-    """A config from a named quality preset, then explicit overrides (None values are ignored)."""
-    if preset not in PRESETS:
-        raise UserError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
-    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    return GenerateConfig(**values)
+    """A config from a named quality preset (shared/schema.py PRESETS), then explicit overrides (None
+    values are ignored)."""
+    try:
+        settings = preset_spec(preset).settings
+    except SettingError as error:
+        raise UserError(error.message) from None
+    return GenerateConfig(**{**settings, **{k: v for k, v in overrides.items() if v is not None}})
 
 
 def check_range(name: str, value: Any, low: float, high: float, integer: bool = False) -> None:
-    """One number against its range, with the protocol's wording (used for method options)."""
+    """One number against its range, with the schema's wording (the methods' max_steps and seed)."""
     try:
         check_value(name, Field("int" if integer else "float", None, low, high), value)
-    except ProtocolError as error:
+    except SettingError as error:
         raise UserError(error.message) from None

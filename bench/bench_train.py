@@ -32,7 +32,7 @@ OBJECTS = ("a red cube", "a blue sphere", "a yellow cylinder", "a green cone", "
 
 
 def run(prompt: str, method: str, steps: int, out: Path, **overrides):
-    config = with_preset("demo", prompt=prompt, method=method, steps=steps, preview_every=0,
+    config = with_preset("draft", prompt=prompt, method=method, steps=steps, preview_every=0,
                          checkpoint_every=0, **overrides)
     return train(config, out)
 

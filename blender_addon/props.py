@@ -12,25 +12,11 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
+from .shared import schema
 from .shared.protocol import REQUEST_FIELDS
 
-# One-line descriptions, as the backend's methods describe themselves (backend/methods/*.py).
-METHODS = [
-    ("sds", "SDS", "Score Distillation Sampling (DreamFusion): random t, fresh noise, CFG 100; the baseline, "
-                   "smooth and saturated"),
-    ("nfsd", "NFSD", "Noise-Free Score Distillation: SDS without the noise residual, using a negative prompt; "
-                     "CFG 7.5, sharper and less saturated"),
-    ("sdi", "SDI", "Score Distillation via Inversion: DDIM-inverts each render instead of adding random noise; "
-                   "CFG 7.5, sharp, slower"),
-    ("fsd", "FSD", "Flow Score Distillation: decreasing t and camera-fixed noise, a DDIM-like flow; CFG 7.5, "
-                   "diverse results across seeds"),
-]
-PRESETS = [
-    ("tiny", "Tiny", "Seconds on a CPU: checks that everything works, the shape is rough"),
-    ("draft", "Draft", "A first look: 800 steps at 64 px"),
-    ("standard", "Standard", "3000 steps, 256^3 mesh, 1024 px texture"),
-    ("high", "High", "10000 steps at 128 px, 2048 px texture: best quality, needs a GPU"),
-]
+METHODS = [(name, method.label, method.description) for name, method in schema.METHODS.items()]
+PRESETS = [(name, preset.label, preset.description) for name, preset in schema.PRESETS.items()]
 WEIGHTINGS = [("sds", "1 - ᾱt", "DreamFusion's weighting w(t) = 1 - ᾱt"), ("uniform", "Uniform", "w(t) = 1")]
 
 # Method-specific settings: property -> (backend option name, the backend's default, methods it applies to).
@@ -60,8 +46,9 @@ class Distill3DSettings(bpy.types.PropertyGroup):
     prompt: StringProperty(name="Prompt", description="What to make, e.g. \"a red cube\"", default="a red cube")
     negative: StringProperty(name="Negative", description="What to avoid (empty: the method's default; NFSD "
                              "has its own)", default="")
-    method: EnumProperty(name="Method", items=METHODS, default="sds", description="Score distillation method")
-    preset: EnumProperty(name="Quality", items=PRESETS, default="draft", description="Quality preset")
+    method: EnumProperty(name="Method", items=METHODS, default=schema.DEFAULT_METHOD,
+                         description="Score distillation method")
+    preset: EnumProperty(name="Quality", items=PRESETS, default=schema.DEFAULT_PRESET, description="Quality preset")
     variations: IntProperty(name="Variations", min=1, max=16, default=1,
                             description="Make this many seeds of the prompt, placed side by side")
     live_mesh: BoolProperty(name="Live mesh", default=True,
@@ -92,19 +79,21 @@ class Distill3DSettings(bpy.types.PropertyGroup):
                           description="More request settings as JSON, e.g. {\"lr\": 0.05} (names: shared/PROTOCOL.md)")
 
     # Method-specific (see METHOD_OPTIONS).
-    weighting: EnumProperty(name="Weighting", items=WEIGHTINGS, default="sds", description="w(t) of the gradient")
-    anneal_after: IntProperty(name="Anneal after", default=0, min=0,
-                              description="From this step on, t is at most 0.5 (0: never)")
-    inversion_cfg: FloatProperty(name="Inversion CFG", default=-7.5, soft_min=-20, soft_max=20,
-                                 description="Guidance on the DDIM inversion (negative, as in the SDI paper)")
+    weighting: EnumProperty(name="Weighting", items=WEIGHTINGS, default="sds",
+                            description="w(t) of the gradient: sds = 1 - abar_t (DreamFusion), uniform = 1")
+    anneal_after: IntProperty(name="Anneal after", default=0, min=0, max=10**9,
+                              description="From this step on, t is at most anneal_t_max (0: never)")
+    inversion_cfg: FloatProperty(name="Inversion CFG", default=-7.5, soft_min=-20, soft_max=20, min=-1000.0,
+                                 max=1000.0, description="Guidance on the DDIM inversion (negative, as in the SDI "
+                                 "paper)")
     entropy: FloatProperty(name="Entropy", default=0.3, min=0.0, max=10.0,
                            description="Noise added on each inversion step (SDI eq. 11)")
-    inversion_steps: IntProperty(name="Inversion steps", default=10, min=1, max=50,
-                                 description="DDIM inversion steps at the start")
+    inversion_steps: IntProperty(name="Inversion steps", default=10, min=1, max=100,
+                                 description="Steps of the DDIM inversion grid over the 1000 timesteps")
     beta: FloatProperty(name="Beta", default=1.0, min=0.0, max=1.0,
                         description="1: camera-fixed noise only; 0: fresh noise like SDS")
-    theta: FloatProperty(name="Theta", default=180.0, min=1.0, max=360.0,
-                         description="Degrees of view one noise patch spans")
+    theta: FloatProperty(name="Theta", default=180.0, min=15.0, max=360.0,
+                         description="Degrees of view one noise patch spans (sets the world-map size)")
 
 
 def method_options(settings: Distill3DSettings) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 Every message is a ZeroMQ multipart message: one JSON header frame, then zero or more raw binary
 frames (PNG bytes, mesh buffers, result files). Nothing is ever pickled. Every header carries the
 protocol version "v". shared/PROTOCOL.md describes the messages; this module is the single source of
-truth for the job request schema (REQUEST_FIELDS), the commands and their arguments, the size
-limits, and the validation both sides use.
+truth for the job request fields (REQUEST_FIELDS), the commands and their arguments, the size
+limits, and the validation both sides use. The methods, their options and the presets a request
+names are shared/schema.py's.
 
 This package must import without torch or numpy (Blender loads it) and uses relative imports only
 (the add-on build copies it into the add-on as a subpackage).
@@ -14,9 +15,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from typing import Any
 
+from .schema import (DEFAULT_METHOD, DEFAULT_PRESET, METHODS, PRESETS, Field, SettingError, check_method_options, show,
+                     show_number)
+from .schema import check_value as check_setting
 from .version import PROTOCOL_VERSION, __version__
 
 DEFAULT_HOST = "127.0.0.1"
@@ -39,46 +42,30 @@ JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 FILE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 
 
-class ProtocolError(Exception):
+class ProtocolError(SettingError):
     """A message that cannot be accepted. `field` names the offending field (None when the whole
     message is at fault); `code` is one of bad_request, version, not_found, too_large, internal."""
 
     def __init__(self, message: str, field: str | None = None, code: str = "bad_request"):
-        super().__init__(message)
-        self.message, self.field, self.code = message, field, code
+        super().__init__(message, field)
+        self.code = code
 
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "field": self.field, "message": self.message}
 
 
 # ------------------------------------------------------------------------------------------------
-# The job request schema: what a client may set. Defaults and ranges mirror backend/config.py
-# GenerateConfig (tests/test_protocol.py checks that they agree); a request that leaves a field out
-# gets the value of its "preset" (backend.config.PRESETS), then the GenerateConfig default.
+# The job request: what a client may set. Defaults and ranges mirror backend/config.py GenerateConfig
+# (tests/test_protocol.py checks that they agree); a request that leaves a field out gets the value
+# of its preset (shared/schema.py PRESETS), then the GenerateConfig default. The methods, their
+# options and the presets are shared/schema.py's.
 
-@dataclass(frozen=True)
-class Field:
-    kind: str                          # "str" | "int" | "float" | "bool" | "options"
-    default: Any
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[str, ...] | None = None
-    pattern: str | None = None         # a regular expression the whole string must match
-    nullable: bool = False             # None is allowed (it means "the method's / automatic default")
-    required: bool = False
-    max_length: int = 256
-    help: str = ""
-
-
-METHODS = ("sds", "nfsd", "sdi", "fsd")
-PRESETS = ("tiny", "demo", "draft", "standard", "high")
-DEFAULT_PRESET = "draft"
 _N = 1_000_000  # upper bound for step counts
 
 REQUEST_FIELDS: dict[str, Field] = {
-    "preset": Field("str", DEFAULT_PRESET, choices=PRESETS, help="quality preset; other fields override it"),
+    "preset": Field("str", DEFAULT_PRESET, choices=tuple(PRESETS), help="quality preset; other fields override it"),
     "prompt": Field("str", None, required=True, max_length=1000, help="what to generate"),
-    "method": Field("str", "sds", choices=METHODS, help="distillation method"),
+    "method": Field("str", DEFAULT_METHOD, choices=tuple(METHODS), help="distillation method"),
     "prior": Field("str", "shapes", max_length=512, pattern=r"[^\x00-\x1f]+",
                    help='"shapes" (built-in exact prior) or a diffusers model id / folder'),
     "negative": Field("str", None, nullable=True, max_length=1000, help="negative prompt; null: method default"),
@@ -86,7 +73,7 @@ REQUEST_FIELDS: dict[str, Field] = {
     "resolution": Field("int", 64, 8, 1024, help="render height = width, pixels"),
     "cfg": Field("float", None, -1000.0, 1000.0, nullable=True, help="guidance scale; null: method default"),
     "seed": Field("int", 0, 0, 2**63 - 1),
-    "method_options": Field("options", {}, help="method-specific options, name -> number/string/bool"),
+    "method_options": Field("options", {}, help="the method's options, name -> value (shared/schema.py METHODS)"),
     "device": Field("str", "auto", pattern=r"auto|cpu|cuda(:[0-9]{1,2})?", help="auto, cpu, cuda or cuda:N"),
     "view_dependent": Field("bool", True, help='append "front view" etc. to the prompt'),
     "offline": Field("bool", False, help="never touch the network when loading a model"),
@@ -125,51 +112,14 @@ _OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_OPTIONS = 32
 
 
-def _num(value: float) -> str:
-    return str(value) if isinstance(value, int) else f"{value:g}"
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def check_value(name: str, spec: Field, value: Any) -> Any:
     """`value` if it fits `spec` (ints given for floats become floats), else ProtocolError naming `name`."""
-    if value is None:
-        if spec.nullable:
-            return None
-        raise ProtocolError(f"{name} must not be null: leave it out to get its default", name)
-    if spec.kind in ("int", "float"):
-        integer = spec.kind == "int"
-        kind = "a whole number" if integer else "a number"
-        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok or (not integer and not math.isfinite(value)):
-            raise ProtocolError(f"{name} must be {kind} from {_num(spec.low)} to {_num(spec.high)}, got {_show(value)}",
-                                name)
-        if not spec.low <= value <= spec.high:
-            raise ProtocolError(f"{name} = {_show(value)} is out of range: use {kind} from {_num(spec.low)} "
-                                f"to {_num(spec.high)}", name)
-        return value if integer else float(value)
-    if spec.kind == "bool":
-        if not isinstance(value, bool):
-            raise ProtocolError(f"{name} must be true or false, got {_show(value)}", name)
-        return value
-    if spec.kind == "str":
-        if not isinstance(value, str):
-            raise ProtocolError(f"{name} must be a string, got {_show(value)}", name)
-        if len(value) > spec.max_length:
-            raise ProtocolError(f"{name} is {len(value)} characters long: shorten it to at most {spec.max_length}", name)
-        if spec.choices is not None and value not in spec.choices:
-            raise ProtocolError(f"unknown {name} {_show(value)}: use one of {', '.join(spec.choices)}", name)
-        if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
-            raise ProtocolError(f"{name} {_show(value)} is not valid: {spec.help or 'see shared/PROTOCOL.md'}", name)
-        if spec.required and not value.strip():
-            raise ProtocolError(f'the {name} is empty: give a description, e.g. "a red cube"', name)
-        return value
     if spec.kind == "options":
         return _check_options(name, value)
-    raise AssertionError(f"unknown field kind {spec.kind}")
+    try:
+        return check_setting(name, spec, value)
+    except SettingError as error:
+        raise ProtocolError(error.message, error.field) from None
 
 
 def _check_options(name: str, value: Any) -> dict[str, Any]:
@@ -179,11 +129,11 @@ def _check_options(name: str, value: Any) -> dict[str, Any]:
         raise ProtocolError(f"{name} has {len(value)} entries: at most {MAX_OPTIONS} are allowed", name)
     for key, item in value.items():
         if not _OPTION_NAME.fullmatch(key):
-            raise ProtocolError(f"{name} has a bad option name {_show(key)}: use letters, digits and _", name)
+            raise ProtocolError(f"{name} has a bad option name {show(key)}: use letters, digits and _", name)
         scalar = isinstance(item, (bool, int, str)) or (isinstance(item, float) and math.isfinite(item))
         if not scalar or (isinstance(item, str) and len(item) > 256) or (isinstance(item, int) and abs(item) > 2**63):
             raise ProtocolError(f"{name}.{key} must be a finite number, a short string or true/false, "
-                                f"got {_show(item)}", f"{name}.{key}")
+                                f"got {show(item)}", f"{name}.{key}")
     return dict(value)
 
 
@@ -194,12 +144,19 @@ def validate_request(request: Any) -> dict[str, Any]:
         raise ProtocolError("request must be a mapping of setting name to value", "request")
     unknown = sorted(str(key) for key in request if key not in REQUEST_FIELDS)
     if unknown:
-        raise ProtocolError(f"unknown setting {_show(unknown[0])}: known settings are "
+        raise ProtocolError(f"unknown setting {show(unknown[0])}: known settings are "
                             f"{', '.join(REQUEST_FIELDS)}", unknown[0])
     for name, spec in REQUEST_FIELDS.items():
         if spec.required and name not in request:
             raise ProtocolError(f"the request has no {name}: give one, e.g. \"a red cube\"", name)
-    return {name: check_value(name, REQUEST_FIELDS[name], value) for name, value in request.items()}
+    checked = {name: check_value(name, REQUEST_FIELDS[name], value) for name, value in request.items()}
+    if checked.get("method_options"):  # the method's own names, types and ranges (shared/schema.py)
+        try:
+            checked["method_options"] = check_method_options(checked.get("method", DEFAULT_METHOD),
+                                                             checked["method_options"])
+        except SettingError as error:
+            raise ProtocolError(error.message, error.field) from None
+    return checked
 
 
 def describe_request_fields() -> str:
@@ -210,7 +167,7 @@ def describe_request_fields() -> str:
         if spec.choices:
             allowed = ", ".join(spec.choices)
         elif spec.low is not None:
-            allowed = f"{_num(spec.low)} .. {_num(spec.high)}"
+            allowed = f"{show_number(spec.low)} .. {show_number(spec.high)}"
         elif spec.pattern and spec.kind == "str" and "|" in spec.pattern:
             allowed = "`" + spec.pattern.replace("|", "\\|") + "`"
         elif spec.kind == "str":
@@ -230,13 +187,13 @@ def describe_request_fields() -> str:
 
 def _job_id(name: str, value: Any) -> str:
     if not isinstance(value, str) or not JOB_ID_PATTERN.fullmatch(value):
-        raise ProtocolError(f"{name} must be a job id (letters, digits, - and _), got {_show(value)}", name)
+        raise ProtocolError(f"{name} must be a job id (letters, digits, - and _), got {show(value)}", name)
     return value
 
 
 def _file_name(name: str, value: Any) -> str:
     if not isinstance(value, str) or not FILE_NAME_PATTERN.fullmatch(value):
-        raise ProtocolError(f"{name} must be a result file name such as mesh.glb, got {_show(value)}", name)
+        raise ProtocolError(f"{name} must be a result file name such as mesh.glb, got {show(value)}", name)
     return value
 
 
@@ -263,15 +220,15 @@ def validate_command(header: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(command name, checked arguments) of a request header whose version was already checked."""
     cmd = header.get("cmd")
     if not isinstance(cmd, str) or cmd not in COMMANDS:
-        raise ProtocolError(f"cmd must be one of {', '.join(COMMANDS)}, got {_show(cmd)}", "cmd")
+        raise ProtocolError(f"cmd must be one of {', '.join(COMMANDS)}, got {show(cmd)}", "cmd")
     request_id = header.get("id")
     if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, int)
                                    or not 0 <= request_id < 2**63):
-        raise ProtocolError(f"id must be a whole number from 0 to 2^63-1, got {_show(request_id)}", "id")
+        raise ProtocolError(f"id must be a whole number from 0 to 2^63-1, got {show(request_id)}", "id")
     spec = COMMANDS[cmd]
     extra = sorted(str(key) for key in header if key not in spec and key not in _ENVELOPE)
     if extra:
-        raise ProtocolError(f"{cmd} takes no argument {_show(extra[0])}: its arguments are "
+        raise ProtocolError(f"{cmd} takes no argument {show(extra[0])}: its arguments are "
                             f"{', '.join(spec) or 'none'}", extra[0])
     args = {}
     for name, (check, required) in spec.items():
@@ -318,7 +275,7 @@ def parse_header(frame: bytes) -> dict[str, Any]:
     try:
         header = json.loads(bytes(frame).decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise ProtocolError(f"the header is not UTF-8 JSON ({_show(str(error))}): send a JSON object "
+        raise ProtocolError(f"the header is not UTF-8 JSON ({show(str(error))}): send a JSON object "
                             "as the first frame", "header") from None
     if not isinstance(header, dict):
         raise ProtocolError("the header must be a JSON object", "header")
@@ -336,7 +293,7 @@ def decode_header(frame: bytes, sender: str = "client") -> dict[str, Any]:
 def check_version(version: Any, sender: str) -> None:
     """ProtocolError(code="version") unless `version` is ours, saying which side is older."""
     if isinstance(version, bool) or not isinstance(version, int):
-        raise ProtocolError(f"v must be the protocol version number ({PROTOCOL_VERSION}), got {_show(version)}", "v")
+        raise ProtocolError(f"v must be the protocol version number ({PROTOCOL_VERSION}), got {show(version)}", "v")
     if version == PROTOCOL_VERSION:
         return
     me = "server" if sender == "client" else "client"
@@ -371,7 +328,7 @@ def decode_event(frames: list[bytes]) -> dict[str, Any]:
     event = decode_header(frames[1], sender="server")
     kind = event.get("type")
     if kind not in EVENT_TYPES or not isinstance(event.get("job_id"), str):
-        raise ProtocolError(f"unknown event type {_show(kind)}", "type")
+        raise ProtocolError(f"unknown event type {show(kind)}", "type")
     names = EVENT_FRAMES.get(kind, ())
     if len(frames) != 2 + len(names):
         raise ProtocolError(f"a {kind} event has {len(names)} binary frames, got {len(frames) - 2}", "frames")
@@ -388,6 +345,6 @@ def event_address(address: str) -> str:
     """The event stream's address: the command address with the port plus one."""
     match = re.fullmatch(r"(tcp://.+):([0-9]{1,5})", address)
     if not match or not 0 < int(match.group(2)) < 65535:
-        raise ProtocolError(f"address {_show(address)} is not tcp://HOST:PORT: use e.g. "
+        raise ProtocolError(f"address {show(address)} is not tcp://HOST:PORT: use e.g. "
                             f"tcp://127.0.0.1:{DEFAULT_PORT}", "address")
     return f"{match.group(1)}:{int(match.group(2)) + 1}"

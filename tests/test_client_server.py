@@ -12,17 +12,10 @@ from PIL import Image
 from backend.priors import load_prior
 from shared.client import Client, ClientError, ServerUnreachable, VersionMismatch
 from shared.protocol import PROTOCOL_VERSION
-from tests.test_server_fakes import CountingLoader, collect, running_server, subscribe_and_settle, wait_state
+from tests.server_fakes import SMALL, CountingLoader, collect, running_server, subscribe_and_settle, wait_state
 from shared.ports import free_port_pair
 
 pytestmark = pytest.mark.slow
-
-# A real run, sized for a busy 2-core CPU: the tiny preset with a smaller field. A few steps leave the
-# field too thin for the final mesh export (it refuses, rightly), so these runs skip it; the live
-# coarse meshes still stream.
-SMALL = {"preset": "tiny", "prompt": "a red cube", "resolution": 24, "hash_log2_table": 12, "hash_levels": 8,
-         "hash_levels_start": 4, "max_samples_per_ray": 64, "occupancy_resolution": 16, "seed": 1,
-         "export_mesh": False}
 
 
 def job_request(**changes):

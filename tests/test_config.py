@@ -6,7 +6,7 @@ from backend.errors import UserError
 
 @pytest.mark.parametrize("changes, needle", [
     (dict(prompt="  "), "prompt is empty"),
-    (dict(method="dreamfusion"), "unknown method 'dreamfusion'"),
+    (dict(method="dreamfusion"), "method = 'dreamfusion' is not allowed: use one of 'sds'"),
     (dict(steps=0), "steps = 0 is out of range"),
     (dict(steps=2.5), "steps must be a whole number"),
     (dict(cfg=float("nan")), "cfg must be a number"),

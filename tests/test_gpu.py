@@ -8,7 +8,7 @@ from backend.priors.base import TEXT, UNCOND, View
 from backend.priors.sd_random import save_random_pipeline
 from backend.priors.stable_diffusion import StableDiffusionPrior
 
-from .test_stable_diffusion import PROMPT, random_view
+from tests.helpers import PROMPT, random_view
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

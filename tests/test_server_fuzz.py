@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from shared.client import Client
 from shared.protocol import COMMANDS, HARD_FRAME_LIMIT, MAX_REQUEST_BYTES, MAX_REQUEST_FRAMES, PROTOCOL_VERSION, REQUEST_FIELDS
-from tests.test_server_fakes import FakeResult, running_server
+from tests.server_fakes import FakeResult, running_server
 
 ERROR_CODES = {"bad_request", "version", "not_found", "too_large", "internal"}
 

@@ -1,4 +1,4 @@
-"""The job lifecycle around training, with the fast stand-in for backend.train (tests/test_server_fakes.py):
+"""The job lifecycle around training, with the fast stand-in for backend.train (tests/server_fakes.py):
 queue order and cancel before start, crashes, a clean stop mid-job that resumes on the next start, and
 recovery of a data dir a dead server left behind."""
 import functools
@@ -6,8 +6,8 @@ import json
 
 from backend.server.jobs import MAX_ATTEMPTS, JobStore
 from shared.client import Client
-from tests.test_server_fakes import (CountingLoader, collect, fake_train, running_server, subscribe_and_settle,
-                                     wait_state)
+from tests.server_fakes import (CountingLoader, collect, fake_train, running_server, subscribe_and_settle,
+                                wait_state)
 
 SLOW = functools.partial(fake_train, step_s=0.02)
 

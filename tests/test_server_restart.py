@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from shared.client import Client, ServerUnreachable
-from tests.test_client_server import SMALL, free_port_pair
-from tests.test_server_fakes import wait_state
+from shared.ports import free_port_pair
+from tests.server_fakes import SMALL, wait_state
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ from backend.server.security import ServerKeys, is_loopback
 from backend.server.server import Server
 from shared.client import Client, ClientError, ServerUnreachable
 from shared.keys import generate_keys
-from tests.test_server_fakes import collect, running_server, subscribe_and_settle
+from tests.server_fakes import collect, running_server, subscribe_and_settle
 
 
 def test_only_loopback_addresses_count_as_loopback():

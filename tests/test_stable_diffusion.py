@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.cameras import orbit_cameras, sample_cameras, sample_light_positions
+from backend.cameras import orbit_cameras
 from backend.errors import UserError
 from backend.methods import METHODS, gradient_loss, make_method
 from backend.priors import load_prior
@@ -22,24 +22,13 @@ from backend.priors.sd_perp_neg import (BACK, FRONT, OVERHEAD, SIDE, W_FRONT_SID
                                         view_mixture)
 from backend.priors.sd_random import save_random_pipeline
 from backend.priors.stable_diffusion import StableDiffusionPrior
+from tests.helpers import PROMPT, random_view
 
 REPO = Path(__file__).resolve().parents[1]
-PROMPT = "a red cube"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: with several threads on a busy machine, thread handoffs cost more than the
-    maths (a UNet call went from 40 ms to seconds), so this module computes on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    return save_random_pipeline(tmp_path_factory.mktemp("sd") / "tiny-sd", "tiny", seed=0)
+# The models here are tiny: with several threads on a busy machine, thread handoffs cost more than the
+# maths (a UNet call went from 40 ms to seconds), so this module computes on one thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -67,13 +56,6 @@ def make_view(elevations, azimuths, size=16):
     cameras = orbit_cameras(torch.tensor(elevations, dtype=torch.float32), torch.tensor(azimuths, dtype=torch.float32),
                             torch.full((n,), 1.8), torch.full((n,), 50.0), size, size)
     return View(cameras, "albedo", cameras.positions * 1.5, torch.ones(n, 3, size, size), torch.ones(n, 1, size, size))
-
-
-def random_view(n, size=16, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    cameras = sample_cameras(n, size, size, generator)
-    return View(cameras, "lambertian", sample_light_positions(cameras, generator), torch.ones(n, 3, size, size),
-                torch.ones(n, 1, size, size))
 
 
 class CallCounter:

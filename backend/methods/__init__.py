@@ -1,11 +1,15 @@
 """The score distillation methods (SDS, NFSD, SDI, FSD) by name, and DDIM, the 2D reference sampler.
 
 Each method is a timestep schedule + a noise source + a gradient rule (base.py); `make_method`
-builds one from its name and user options with clear errors.
+builds one from its name and user options with clear errors. The names, options, defaults, ranges
+and descriptions are shared/schema.py's METHODS; tests/test_schema.py checks that the classes agree.
 """
 from __future__ import annotations
 
 from typing import Any
+
+from shared.schema import METHODS as SCHEMA
+from shared.schema import SettingError, check_method_options, method_spec
 
 from ..errors import UserError
 from .base import GradientOutput, Method, gradient_loss
@@ -15,13 +19,14 @@ from .nfsd import NFSD
 from .sdi import SDI
 from .sds import SDS
 
-METHODS: dict[str, type[Method]] = {"sds": SDS, "nfsd": NFSD, "sdi": SDI, "fsd": FSD}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SDS, NFSD, SDI, FSD)}  # the schema's order
 
 
 def method_class(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise UserError(f"unknown method {name!r}: use one of {', '.join(METHODS)}")
-    return METHODS[name]
+    try:
+        return METHODS[method_spec(name).name]
+    except SettingError as error:
+        raise UserError(error.message) from None
 
 
 def make_method(name: str, cfg: float | None = None, options: dict[str, Any] | None = None,
@@ -30,19 +35,18 @@ def make_method(name: str, cfg: float | None = None, options: dict[str, Any] | N
     then `cfg` when given. Raises UserError for an unknown method, an unknown option or a bad value."""
     cls = method_class(name)
     options = dict(options or {})
-    valid = cls.options()
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise UserError(f"{name} has no option(s) {', '.join(unknown)}: its options are "
-                        f"{', '.join(f'{k} (default {v!r})' for k, v in valid.items())}")
     if cfg is not None:
         options["cfg"] = cfg
-    return cls(**options, max_steps=max_steps, seed=seed)  # __post_init__ validates every value
+    try:
+        options = check_method_options(name, options)  # names, types and ranges (shared/schema.py)
+    except SettingError as error:
+        raise UserError(error.message) from None
+    return cls(**options, max_steps=max_steps, seed=seed)  # __post_init__ checks the values together
 
 
 def describe_methods() -> dict[str, str]:
-    """name -> one-line description (the CLI help and the Blender panel show them)."""
-    return {name: cls.description for name, cls in METHODS.items()}
+    """name -> one-line description, from shared/schema.py (which the CLI help and the panel read too)."""
+    return {name: spec.description for name, spec in SCHEMA.items()}
 
 
 __all__ = ["METHODS", "FSD", "NFSD", "SDI", "SDS", "GradientOutput", "Method", "ddim_sample",

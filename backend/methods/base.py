@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from shared.schema import SettingError, check_method_options
+
 from ..config import check_range
 from ..errors import UserError
 from ..priors.base import TEXT, UNCOND, NoiseSchedule, Prior, View
@@ -78,14 +80,12 @@ def check_decreasing(method: "Method") -> None:
 @dataclass
 class Method(ABC):
     """Base class. Subclasses are dataclasses whose fields are the user-settable options with the
-    authors' defaults; `max_steps` and `seed` are filled in by the loop."""
+    authors' defaults; `max_steps` and `seed` are filled in by the loop. The options' ranges and
+    descriptions are shared/schema.py's METHODS[name] (tests/test_schema.py checks the defaults)."""
 
     name: ClassVar[str]
-    description: ClassVar[str]  # one line, shown in the CLI help and the Blender panel
     #: the negative prompt this method uses when the user gives none (NFSD's p_neg); None: no negative.
     default_negative: ClassVar[str | None] = None
-    #: option -> (low, high) for numbers (int bounds: a whole number) or a tuple of allowed strings.
-    limits: ClassVar[dict[str, tuple]] = {"cfg": (-1000.0, 1000.0)}
 
     cfg: float = 7.5
     max_steps: int = 1000
@@ -99,18 +99,10 @@ class Method(ABC):
         """Raise UserError naming the first bad option and its allowed values."""
         check_range("max_steps", self.max_steps, 1, 10**9, integer=True)
         check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
-        defaults = {f.name: f.default for f in fields(self)}
-        for option, allowed in self.limits.items():
-            value = getattr(self, option)
-            if value is None and defaults[option] is None:
-                continue  # an optional option left off
-            if isinstance(allowed[0], str):
-                if value not in allowed:
-                    raise UserError(f"{self.name} option {option} = {value!r} is not allowed: "
-                                    f"use one of {', '.join(map(repr, allowed))}")
-            else:
-                low, high = allowed
-                check_range(f"{self.name} option {option}", value, low, high, integer=isinstance(low, int))
+        try:
+            check_method_options(self.name, {option: getattr(self, option) for option in self.options()})
+        except SettingError as error:
+            raise UserError(error.message) from None
 
     def setup(self, prior: Prior) -> None:
         """Called once before the first step (e.g. FSD draws its world noise map here)."""

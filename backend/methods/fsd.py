@@ -25,11 +25,6 @@ MASK_THRESHOLD = 0.5  # foreground where the pooled opacity is at least this (M 
 @dataclass
 class FSD(Method):
     name: ClassVar[str] = "fsd"
-    description: ClassVar[str] = ("Flow Score Distillation: decreasing t and camera-fixed world-map noise, a "
-                                  "DDIM-like flow; CFG 7.5, diverse results across seeds")
-    limits: ClassVar[dict[str, tuple]] = {
-        **Method.limits, "t_start": (0.0, 0.999), "t_end": (0.0, 0.999), "beta": (0.0, 1.0),
-        "theta": (15.0, 360.0), "weighting": ("sds", "uniform")}
 
     cfg: float = 7.5
     t_start: float = 0.98

@@ -33,8 +33,6 @@ def nfsd_direction(e_text: torch.Tensor, e_uncond: torch.Tensor, e_neg: torch.Te
 @dataclass
 class NFSD(RandomTimesteps):
     name: ClassVar[str] = "nfsd"
-    description: ClassVar[str] = ("Noise-Free Score Distillation: SDS without the noise residual, using a "
-                                  "negative prompt; CFG 7.5, sharper and less saturated")
     default_negative: ClassVar[str | None] = NFSD_NEGATIVE_PROMPT
 
     cfg: float = 7.5

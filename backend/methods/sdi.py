@@ -25,11 +25,6 @@ CLEAN_START = 0  # the inversion starts from x itself, at the noise level abar[0
 @dataclass
 class SDI(Method):
     name: ClassVar[str] = "sdi"
-    description: ClassVar[str] = ("Score Distillation via Inversion: DDIM-inverts each render instead of "
-                                  "adding random noise; CFG 7.5, sharp, up to 11 extra prior calls a step")
-    limits: ClassVar[dict[str, tuple]] = {
-        **Method.limits, "inversion_cfg": (-1000.0, 1000.0), "entropy": (0.0, 10.0),
-        "t_start": (0.0, 0.999), "t_end": (0.0, 0.999), "inversion_steps": (1, 100)}
 
     cfg: float = 7.5
     inversion_cfg: float = -7.5   # negative CFG on the inversion (sec. 6.2, "CFG for inversion")

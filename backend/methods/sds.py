@@ -33,10 +33,6 @@ def sds_gradient(prior: Prior, x: torch.Tensor, t: int, eps: torch.Tensor, view:
 class RandomTimesteps(Method):
     """The schedule and noise source SDS and NFSD share: t ~ U{T t_min .. T t_max} and fresh eps."""
 
-    limits: ClassVar[dict[str, tuple]] = {
-        **Method.limits, "t_min": (0.0, 1.0), "t_max": (0.0, 1.0), "anneal_after": (0, 10**9),
-        "anneal_t_max": (0.0, 1.0), "weighting": ("sds", "uniform")}
-
     t_min: float = 0.02
     t_max: float = 0.98
     anneal_after: int | None = None   # from this step on, the upper bound of t is anneal_t_max
@@ -75,8 +71,6 @@ class RandomTimesteps(Method):
 @dataclass
 class SDS(RandomTimesteps):
     name: ClassVar[str] = "sds"
-    description: ClassVar[str] = ("Score Distillation Sampling (DreamFusion): random t, fresh noise, CFG 100; "
-                                  "the baseline, smooth and saturated")
 
     cfg: float = 100.0
 

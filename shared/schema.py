@@ -1,0 +1,224 @@
+"""What a user can choose: the score distillation methods with their options, and the quality presets.
+
+This is the one place these facts live. The backend's methods (backend/methods), the run settings
+(backend/config.py), the protocol (shared/protocol.py), the CLI help and the Blender panel read them
+from here; tests/test_schema.py fails if any of them disagrees.
+
+A `Field` describes one setting: its type (`kind`), default, range (`low`..`high`), allowed strings
+(`choices`) and a one-line `help`. The protocol's request fields are `Field`s too, checked by the same
+`check_value`.
+
+Like the rest of shared/, this module imports without torch or numpy and uses relative imports only
+(the add-on build copies shared/ into the add-on).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class SettingError(ValueError):
+    """A value a setting does not accept. `field` names the setting; the message says what to give."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message, self.field = message, field
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: str                          # "str" | "int" | "float" | "bool" | "options" (a name -> scalar map)
+    default: Any
+    low: float | None = None           # numbers: the smallest allowed value
+    high: float | None = None          # numbers: the largest allowed value
+    choices: tuple[str, ...] | None = None
+    pattern: str | None = None         # a regular expression the whole string must match
+    nullable: bool = False             # None is allowed (it means "the method's / automatic default")
+    required: bool = False
+    max_length: int = 256
+    help: str = ""
+
+
+def show_number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def show(value: Any) -> str:
+    """A value for an error message, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_value(name: str, spec: Field, value: Any) -> Any:
+    """`value` if it fits `spec` (ints given for floats become floats), else SettingError naming `name`.
+    The "options" kind is checked by the caller (shared/protocol.py)."""
+    if value is None:
+        if spec.nullable:
+            return None
+        raise SettingError(f"{name} must not be null: leave it out to get its default", name)
+    if spec.kind in ("int", "float"):
+        integer = spec.kind == "int"
+        kind = "a whole number" if integer else "a number"
+        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok or (not integer and not math.isfinite(value)):
+            raise SettingError(f"{name} must be {kind} from {show_number(spec.low)} to {show_number(spec.high)}, got {show(value)}",
+                               name)
+        if not spec.low <= value <= spec.high:
+            raise SettingError(f"{name} = {show(value)} is out of range: use {kind} from {show_number(spec.low)} "
+                               f"to {show_number(spec.high)}", name)
+        return value if integer else float(value)
+    if spec.kind == "bool":
+        if not isinstance(value, bool):
+            raise SettingError(f"{name} must be true or false, got {show(value)}", name)
+        return value
+    if spec.kind == "str":
+        if not isinstance(value, str):
+            raise SettingError(f"{name} must be a string, got {show(value)}", name)
+        if len(value) > spec.max_length:
+            raise SettingError(f"{name} is {len(value)} characters long: shorten it to at most {spec.max_length}",
+                               name)
+        if spec.choices is not None and value not in spec.choices:
+            raise SettingError(f"{name} = {show(value)} is not allowed: use one of "
+                               f"{', '.join(map(repr, spec.choices))}", name)
+        if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
+            raise SettingError(f"{name} {show(value)} is not valid: {spec.help or 'see shared/PROTOCOL.md'}", name)
+        if spec.required and not value.strip():
+            raise SettingError(f'the {name} is empty: give a description, e.g. "a red cube"', name)
+        return value
+    raise AssertionError(f"{name}: check_value does not check the {spec.kind!r} kind")
+
+
+# ------------------------------------------------------------------------------------------------
+# Methods. Every schedule is written for the 1000 training timesteps of Stable Diffusion: t options
+# are fractions of them. The equations behind each option are in docs/methods.md.
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str                         # short name for menus
+    description: str                   # one line: the CLI help, the panel's tooltip, describe_methods
+    options: dict[str, Field]          # what the user may set, with the authors' defaults
+
+
+def _cfg(default: float) -> Field:
+    return Field("float", default, -1000.0, 1000.0,
+                 help="classifier-free guidance scale s in e_0 + s (e_y - e_0)")
+
+
+_WEIGHTING = Field("str", "sds", choices=("sds", "uniform"),
+                   help="w(t) of the gradient: sds = 1 - abar_t (DreamFusion), uniform = 1")
+_STEP = 10**9  # upper bound of a step number
+
+# SDS and NFSD share the random timestep schedule t ~ U{T t_min .. T t_max}.
+_RANDOM_T = {
+    "t_min": Field("float", 0.02, 0.0, 1.0, help="smallest t, as a fraction of the 1000 timesteps"),
+    "t_max": Field("float", 0.98, 0.0, 1.0, help="largest t, as a fraction of the 1000 timesteps"),
+    "anneal_after": Field("int", None, 0, _STEP, nullable=True,
+                          help="from this step on, t is at most anneal_t_max"),
+    "anneal_t_max": Field("float", 0.5, 0.0, 1.0, help="largest t from step anneal_after on"),
+    "weighting": _WEIGHTING,
+}
+
+
+def _decreasing_t(t_end: float) -> dict[str, Field]:
+    """SDI and FSD walk t down linearly from t_start to t_end over the run."""
+    return {"t_start": Field("float", 0.98, 0.0, 0.999, help="t at the first step, a fraction of 1000"),
+            "t_end": Field("float", t_end, 0.0, 0.999, help="t at the last step (at most t_start)")}
+
+
+METHODS: dict[str, Method] = {
+    "sds": Method("sds", "SDS", "Score Distillation Sampling (DreamFusion): random t, fresh noise, CFG 100; "
+                  "the baseline, smooth and saturated",
+                  {"cfg": _cfg(100.0), **_RANDOM_T}),
+    "nfsd": Method("nfsd", "NFSD", "Noise-Free Score Distillation: SDS without the noise residual, using a "
+                   "negative prompt; CFG 7.5, sharper and less saturated",
+                   {"cfg": _cfg(7.5), **_RANDOM_T}),
+    "sdi": Method("sdi", "SDI", "Score Distillation via Inversion: DDIM-inverts each render instead of adding "
+                  "random noise; CFG 7.5, sharp, slower: up to inversion_steps + 1 extra prior calls a step",
+                  {"cfg": _cfg(7.5),
+                   "inversion_cfg": Field("float", -7.5, -1000.0, 1000.0,
+                                          help="guidance on the DDIM inversion (negative, as in the SDI paper)"),
+                   "entropy": Field("float", 0.3, 0.0, 10.0, help="noise added on each inversion step (SDI eq. 11)"),
+                   **_decreasing_t(0.25),
+                   "inversion_steps": Field("int", 10, 1, 100,
+                                            help="steps of the DDIM inversion grid over the 1000 timesteps")}),
+    "fsd": Method("fsd", "FSD", "Flow Score Distillation: decreasing t and camera-fixed world-map noise, a "
+                  "DDIM-like flow; CFG 7.5, diverse results across seeds",
+                  {"cfg": _cfg(7.5), **_decreasing_t(0.02),
+                   "beta": Field("float", 1.0, 0.0, 1.0, help="1: camera-fixed noise only; 0: fresh noise like SDS"),
+                   "theta": Field("float", 180.0, 15.0, 360.0,
+                                  help="degrees of view one noise patch spans (sets the world-map size)"),
+                   "weighting": _WEIGHTING}),
+}
+DEFAULT_METHOD = "sds"
+
+
+def method_spec(name: str) -> Method:
+    """The method called `name`, or SettingError listing the methods."""
+    if name not in METHODS:
+        raise SettingError(f"unknown method {show(name)}: use one of {', '.join(METHODS)}", "method")
+    return METHODS[name]
+
+
+def check_method_options(method: str, options: dict[str, Any], field: str = "method_options") -> dict[str, Any]:
+    """`options` of `method` checked against its schema (names, types, ranges); ints given for floats
+    become floats. Checks that involve two options (e.g. t_end <= t_start) are the method's own."""
+    spec = method_spec(method)
+    unknown = sorted(str(key) for key in options if key not in spec.options)
+    if unknown:
+        known = ", ".join(f"{k} (default {v.default!r})" for k, v in spec.options.items())
+        raise SettingError(f"{method} has no option(s) {', '.join(unknown)}: its options are {known}",
+                           f"{field}.{unknown[0]}")
+    checked = {}
+    for key, value in options.items():
+        try:
+            checked[key] = check_value(f"{method} option {key}", spec.options[key], value)
+        except SettingError as error:
+            raise SettingError(error.message, f"{field}.{key}") from None
+    return checked
+
+
+def method_defaults(method: str) -> dict[str, Any]:
+    """option -> default of `method`."""
+    return {name: option.default for name, option in method_spec(method).options.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Quality presets: values for the run settings (shared/protocol.py REQUEST_FIELDS names); a setting a
+# preset leaves out takes its default there.
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    label: str
+    description: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+# The CPU-sized presets use a 2^16 hash table (the simple shapes need no more, and Adam over the full
+# 2^19 x 16 levels table would dominate a CPU step) and march about one step per pixel footprint (128
+# samples across the cube's diagonal at 64x64) instead of 512. Their short runs leave densities around
+# 10, so the surface is taken at 5 rather than threestudio's 25.
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset("tiny", "Tiny", "Seconds on a CPU: checks that everything works, the shape is rough",
+                   dict(steps=40, resolution=32, mesh_resolution=64, texture_size=128, occupancy_resolution=16,
+                        hash_log2_table=14, hash_levels=8, hash_levels_start=4, max_samples_per_ray=64,
+                        mesh_threshold=5.0, face_budget=5000)),
+    "draft": Preset("draft", "Draft", "A first look, sized for a CPU: 800 steps at 64 px, 128^3 mesh",
+                    dict(steps=800, resolution=64, mesh_resolution=128, texture_size=512, hash_log2_table=16,
+                         max_samples_per_ray=128, mesh_threshold=5.0)),
+    "standard": Preset("standard", "Standard", "3000 steps, 256^3 mesh, 1024 px texture",
+                       dict(steps=3000, resolution=64, mesh_resolution=256, texture_size=1024)),
+    "high": Preset("high", "High", "10000 steps at 128 px, 2048 px texture: best quality, needs a GPU",
+                   dict(steps=10000, resolution=128, mesh_resolution=256, texture_size=2048)),
+}
+DEFAULT_PRESET = "draft"
+
+
+def preset_spec(name: str) -> Preset:
+    """The preset called `name`, or SettingError listing the presets."""
+    if name not in PRESETS:
+        raise SettingError(f"unknown preset {show(name)}: use one of {', '.join(PRESETS)}", "preset")
+    return PRESETS[name]

@@ -169,7 +169,7 @@ class DISTILL3D_PT_advanced(Distill3DPanel, bpy.types.Panel):
         col.prop(settings, "texture_size")
         layout.prop(settings, "prior")
         layout.prop(settings, "extra")
-        specific = [prop for prop, (_, _, methods) in props.METHOD_OPTIONS.items() if settings.method in methods]
+        specific = [prop for prop, (_, methods) in props.METHOD_OPTIONS.items() if settings.method in methods]
         if specific:
             box = layout.box()
             box.label(text=f"{settings.method.upper()} settings")

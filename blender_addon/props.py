@@ -17,19 +17,36 @@ from .shared.protocol import REQUEST_FIELDS
 
 METHODS = [(name, method.label, method.description) for name, method in schema.METHODS.items()]
 PRESETS = [(name, preset.label, preset.description) for name, preset in schema.PRESETS.items()]
-WEIGHTINGS = [("sds", "1 - ᾱt", "DreamFusion's weighting w(t) = 1 - ᾱt"), ("uniform", "Uniform", "w(t) = 1")]
 
-# Method-specific settings: property -> (backend option name, the backend's default, methods it applies to).
-# Only values that differ from the default are sent, so the backend's own defaults stay in charge.
-METHOD_OPTIONS: dict[str, tuple[str, Any, tuple[str, ...]]] = {
-    "weighting": ("weighting", "sds", ("sds", "nfsd", "fsd")),
-    "anneal_after": ("anneal_after", 0, ("sds", "nfsd")),
-    "inversion_cfg": ("inversion_cfg", -7.5, ("sdi",)),
-    "entropy": ("entropy", 0.3, ("sdi",)),
-    "inversion_steps": ("inversion_steps", 10, ("sdi",)),
-    "beta": ("beta", 1.0, ("fsd",)),
-    "theta": ("theta", 180.0, ("fsd",)),
-}
+# The method options the panel offers (Advanced > <METHOD> settings). Everything about each one (type,
+# default, range, choices, description, which methods have it) is read from shared/schema.py; one
+# property serves every method that has the option. Only values that differ from the schema's
+# default are sent, so the backend's own defaults stay in charge.
+PANEL_OPTIONS = ("weighting", "anneal_after", "inversion_cfg", "entropy", "inversion_steps", "beta", "theta")
+
+
+def _option(name: str) -> tuple[schema.Field, tuple[str, ...]]:
+    """The schema's spec of method option `name`, and the methods that have it."""
+    methods = tuple(m for m, method in schema.METHODS.items() if name in method.options)
+    specs = {schema.METHODS[m].options[name] for m in methods}
+    assert len(specs) == 1, f"{name} differs between {methods}: give it one panel property per method"
+    return specs.pop(), methods
+
+
+METHOD_OPTIONS: dict[str, tuple[schema.Field, tuple[str, ...]]] = {name: _option(name) for name in PANEL_OPTIONS}
+
+
+def _option_property(name: str, spec: schema.Field):
+    """A Blender property for a schema option: its type, default, range and tooltip. An option whose
+    default is null ("off") shows as 0."""
+    label = name.replace("_", " ").capitalize().replace("cfg", "CFG")
+    description = spec.help[:1].upper() + spec.help[1:] + (" (0: off)" if spec.nullable else "")
+    if spec.choices:
+        items = [(c, c.upper() if c in schema.METHODS else c.capitalize(), "") for c in spec.choices]
+        return EnumProperty(name=label, items=items, default=spec.default, description=description)
+    default = 0 if spec.default is None else spec.default
+    kind = IntProperty if spec.kind == "int" else FloatProperty
+    return kind(name=label, default=default, min=spec.low, max=spec.high, description=description)
 
 
 def _limits(name: str) -> dict[str, Any]:
@@ -77,36 +94,23 @@ class Distill3DSettings(bpy.types.PropertyGroup):
                               description="Baked texture size in pixels (0: preset)")
     extra: StringProperty(name="Extra", default="",
                           description="More request settings as JSON, e.g. {\"lr\": 0.05} (names: shared/PROTOCOL.md)")
+    # Method-specific options: added below from the schema (METHOD_OPTIONS).
 
-    # Method-specific (see METHOD_OPTIONS).
-    weighting: EnumProperty(name="Weighting", items=WEIGHTINGS, default="sds",
-                            description="w(t) of the gradient: sds = 1 - abar_t (DreamFusion), uniform = 1")
-    anneal_after: IntProperty(name="Anneal after", default=0, min=0, max=10**9,
-                              description="From this step on, t is at most anneal_t_max (0: never)")
-    inversion_cfg: FloatProperty(name="Inversion CFG", default=-7.5, soft_min=-20, soft_max=20, min=-1000.0,
-                                 max=1000.0, description="Guidance on the DDIM inversion (negative, as in the SDI "
-                                 "paper)")
-    entropy: FloatProperty(name="Entropy", default=0.3, min=0.0, max=10.0,
-                           description="Noise added on each inversion step (SDI eq. 11)")
-    inversion_steps: IntProperty(name="Inversion steps", default=10, min=1, max=100,
-                                 description="Steps of the DDIM inversion grid over the 1000 timesteps")
-    beta: FloatProperty(name="Beta", default=1.0, min=0.0, max=1.0,
-                        description="1: camera-fixed noise only; 0: fresh noise like SDS")
-    theta: FloatProperty(name="Theta", default=180.0, min=15.0, max=360.0,
-                         description="Degrees of view one noise patch spans (sets the world-map size)")
+
+for _name, (_spec, _) in METHOD_OPTIONS.items():
+    Distill3DSettings.__annotations__[_name] = _option_property(_name, _spec)
 
 
 def method_options(settings: Distill3DSettings) -> dict[str, Any]:
-    """The method-specific settings the user changed from the backend's defaults."""
+    """The method-specific settings the user changed from the schema's defaults."""
     chosen = {}
-    for prop, (option, default, methods) in METHOD_OPTIONS.items():
+    for prop, (spec, methods) in METHOD_OPTIONS.items():
         value = getattr(settings, prop)
+        default = 0 if spec.default is None else spec.default
         # Blender stores floats in single precision: compare with a tolerance, not ==.
-        changed = abs(value - default) > 1e-6 if isinstance(default, float) else value != default
+        changed = abs(value - default) > 1e-6 if spec.kind == "float" else value != default
         if settings.method in methods and changed:
-            chosen[option] = value
-    if chosen.get("anneal_after") == 0:
-        del chosen["anneal_after"]
+            chosen[prop] = value
     return chosen
 
 

@@ -285,3 +285,24 @@ def test_start_backend_then_disable_leaves_nothing_running(scene, tmp_path):
     assert bpy.ops.preferences.addon_enable(module=ADDON) == {"FINISHED"}
     assert bpy.app.timers.is_registered(addon_module("sync").tick)
     assert addon_module("sync").current() is None  # nothing connects until it is needed
+
+
+def test_method_options_reach_the_request_only_when_changed(scene):
+    """The panel's method options come from shared/schema.py; only changed ones are sent, and the
+    protocol accepts what is sent."""
+    from shared.protocol import validate_request
+
+    props = addon_module("props")
+    settings = scene.distill3d
+    settings.method = "fsd"
+    assert "method_options" not in props.requests(settings)[0]  # all at the schema's defaults
+    settings.theta = 90.0
+    (request,) = props.requests(settings)
+    assert request["method_options"] == {"theta": 90.0}
+    validate_request(request)
+    settings.method = "sds"  # theta is FSD's: not sent for SDS
+    assert "method_options" not in props.requests(settings)[0]
+    settings.anneal_after = 200  # 0 in the panel is the schema's null ("never")
+    assert props.requests(settings)[0]["method_options"] == {"anneal_after": 200}
+    for name in ("theta", "anneal_after"):
+        settings.property_unset(name)

@@ -55,6 +55,9 @@ def draw_backend(layout, context, session) -> None:
         if not p.connection().keys:
             _wrapped(col, context, "A backend started with --server-key answers only clients with keys: set "
                                    "them in Preferences > Add-ons > Distill3D.", icon="LOCKED")
+        elif "rejected" not in session.backend_message:  # a wrong server key looks like silence
+            _wrapped(col, context, "If it is running, check that the server public key in the preferences is "
+                                   "the one in its server.key.", icon="LOCKED")
         exit_message = launcher.exit_message()
         if exit_message:
             _wrapped(col, context, exit_message, icon="CANCEL")

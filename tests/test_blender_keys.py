@@ -88,11 +88,23 @@ def test_missing_keys_point_to_the_preferences(scene, keyed):
     assert f"tcp://127.0.0.1:{keyed.port}" in text and "--server-key" in text and "Preferences" in text
 
 
-def test_wrong_server_key_is_unreachable_not_a_hang(scene, keyed, client_keys):
+def test_wrong_server_key_says_so_in_the_panel(scene, keyed, client_keys):
     public, secret, _ = client_keys
     session = connect(keyed.port, timeout_s=1.0, keys=(zmq.curve_keypair()[0].decode(), public, secret))
     tick_until(lambda: session.backend == "unreachable", timeout_s=30)
-    assert f"tcp://127.0.0.1:{keyed.port}" in labels(draw_panel())
+    text = labels(draw_panel())
+    assert f"tcp://127.0.0.1:{keyed.port}" in text and "rejected" in text and "server.key" in text
+
+
+def test_keys_set_and_no_backend_suggests_checking_the_server_key(scene, client_keys):
+    from shared.ports import free_port_pair
+
+    public, secret, _ = client_keys
+    port = free_port_pair()
+    session = connect(port, timeout_s=0.5, keys=(zmq.curve_keypair()[0].decode(), public, secret))
+    tick_until(lambda: session.backend == "unreachable", timeout_s=30)
+    text = labels(draw_panel())
+    assert f"tcp://127.0.0.1:{port}" in text and "server public key" in text
 
 
 def test_unusable_keys_are_named(scene, keyed, client_keys):

@@ -306,3 +306,17 @@ def test_method_options_reach_the_request_only_when_changed(scene):
     assert props.requests(settings)[0]["method_options"] == {"anneal_after": 200}
     for name in ("theta", "anneal_after"):
         settings.property_unset(name)
+
+
+def test_the_session_follows_the_preferences(scene):
+    """No update callbacks: a changed address, timeout or key means fresh sockets at the next use."""
+    sync = addon_module("sync")
+    first = connect(free_port_pair(), timeout_s=0.5)
+    assert sync.session() is first  # nothing changed
+    prefs().timeout = 0.7
+    second = sync.session()
+    assert second is not first and second.timeout_s == pytest.approx(0.7)
+    assert not first.worker.alive  # the old session's thread (and sockets) are gone
+    prefs().client_public_key = "x"
+    assert sync.session() is not second and sync.session().connection.keys.client_public == "x"
+    prefs().client_public_key = ""

@@ -1,8 +1,9 @@
 """Where generated objects land in Blender, and that the live mesh and the final mesh.glb share a frame.
 
 Headless Blender (PyPI bpy 5.0.1) with the built add-on installed (tests/blender_harness.py). The meshes
-here are made directly with the backend's own export writer (backend/export/files.py), not trained:
-these tests are about frames and placement, so they need an exactly known, asymmetric shape.
+here are built in glTF's frame, the frame every mesh leaves the backend in, and written with the
+backend's own GLB writer (backend/export/files.py), not trained: these tests are about frames and
+placement, so they need an exactly known, asymmetric shape.
 """
 from __future__ import annotations
 
@@ -10,16 +11,17 @@ import numpy as np
 import pytest
 import trimesh
 
-from backend.export.files import Asset, glb_bytes, to_y_up
+from backend.export.files import Asset, glb_bytes
 from tests.blender_harness import addon, addon_module, bpy, scene  # noqa: F401  (fixtures)
 
 
 def asymmetric_mesh() -> trimesh.Trimesh:
-    """In the backend's frame (+Z up, front +X): a long low block with a tower at its front-left
-    corner. No rotation or mirror maps it onto itself, and its bounding box is not a cube."""
-    block = trimesh.creation.box(extents=(1.2, 0.6, 0.3))
-    tower = trimesh.creation.box(extents=(0.2, 0.2, 0.5), transform=trimesh.transformations.translation_matrix(
-        (0.5, 0.2, 0.4)))
+    """In glTF's frame (+Y up, front +Z): a long low block (long from back to front) with a tower at
+    its front-left corner (+X is the asset's left). No rotation or mirror maps it onto itself, and its
+    bounding box is not a cube."""
+    block = trimesh.creation.box(extents=(0.6, 0.3, 1.2))
+    tower = trimesh.creation.box(extents=(0.2, 0.5, 0.2), transform=trimesh.transformations.translation_matrix(
+        (0.2, 0.4, 0.5)))
     return trimesh.util.concatenate([block, tower])
 
 
@@ -32,9 +34,9 @@ def mesh_event(vertices_gltf: np.ndarray, faces: np.ndarray) -> dict:
 
 
 def glb_of(mesh: trimesh.Trimesh) -> bytes:
-    """mesh.glb as the backend writes it: in glTF's frame."""
+    """mesh.glb as the backend writes it."""
     colors = np.full((len(mesh.vertices), 3), 200, np.uint8)
-    return glb_bytes(Asset(to_y_up(mesh.vertices), mesh.faces, to_y_up(mesh.vertex_normals), colors=colors))
+    return glb_bytes(Asset(mesh.vertices, mesh.faces, mesh.vertex_normals, colors=colors))
 
 
 def world_points(obj) -> np.ndarray:
@@ -55,17 +57,17 @@ def farthest_gap(a: np.ndarray, b: np.ndarray) -> float:
 def test_live_mesh_and_imported_glb_overlap(scene):
     mesh = asymmetric_mesh()
     location, size = (0.3, -0.7, 0.2), 1.5
-    live = addon_module("proxy").show_mesh("frame check (training)", mesh_event(to_y_up(mesh.vertices), mesh.faces),
+    live = addon_module("proxy").show_mesh("frame check (training)", mesh_event(mesh.vertices, mesh.faces),
                                            location, size)
     (final,) = addon_module("importer").import_glb(glb_of(mesh), "frame check", location, size)
     live_points, final_points = world_points(live), world_points(final)
     assert farthest_gap(live_points, final_points) < 1e-4
     # The test can fail: a live mesh whose glTF coordinates went in as Blender's would sit elsewhere.
     placement = addon_module("placement")
-    unconverted = placement.fitted(to_y_up(mesh.vertices), size) + np.array(location, np.float32)
+    unconverted = placement.fitted(mesh.vertices, size) + np.array(location, np.float32)
     assert farthest_gap(unconverted, final_points) > 0.1
-    # Both face the way Blender's glTF importer puts an asset's front: the backend's front (+X, where
-    # the tower stands) toward Blender's -Y, its left (+Y) toward Blender's +X.
+    # Both face the way Blender's glTF importer puts an asset: its front (+Z, where the tower stands)
+    # toward Blender's -Y, its left (+X) toward Blender's +X, its up (+Y) up.
     height = final_points[:, 2]
     tower = height > (height.min() + height.max()) / 2  # the block is under half the height
     assert final_points[tower, 1].mean() < location[1] and final_points[tower, 0].mean() > location[0]

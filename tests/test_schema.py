@@ -4,6 +4,7 @@ with it, and a value the schema refuses is refused everywhere, naming the option
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,12 @@ def test_each_method_class_has_the_schema_options_and_defaults():
         assert cls.name == name
         assert cls.options() == schema.method_defaults(name), name
     assert describe_methods() == {name: method.description for name, method in schema.METHODS.items()}
+
+
+def test_the_guidance_scale_a_description_names_is_the_cfg_default():
+    for method in schema.METHODS.values():
+        scale = re.search(r"CFG ([0-9.]+)", method.description).group(1)
+        assert float(scale) == method.options["cfg"].default, method.name
 
 
 @pytest.mark.parametrize("method, option, spec", NUMBERS, ids=[f"{m}.{o}" for m, o, _ in NUMBERS])

@@ -111,21 +111,23 @@ _WEIGHTING = Field("str", "sds", choices=("sds", "uniform"),
                    help="w(t) of the gradient: sds = 1 - abar_t (DreamFusion), uniform = 1")
 _STEP = 10**9  # upper bound of a step number
 
-# SDS and NFSD share the random timestep schedule t ~ U{T t_min .. T t_max}.
+# SDS and NFSD share the random timestep schedule t ~ U{T t_min .. T t_max}. Fractions of t stop at
+# 0.999: the last timestep is 999.
+_T_HIGH = 0.999
 _RANDOM_T = {
-    "t_min": Field("float", 0.02, 0.0, 1.0, help="smallest t, as a fraction of the 1000 timesteps"),
-    "t_max": Field("float", 0.98, 0.0, 1.0, help="largest t, as a fraction of the 1000 timesteps"),
+    "t_min": Field("float", 0.02, 0.0, _T_HIGH, help="smallest t, as a fraction of the 1000 timesteps"),
+    "t_max": Field("float", 0.98, 0.0, _T_HIGH, help="largest t, as a fraction of the 1000 timesteps"),
     "anneal_after": Field("int", None, 0, _STEP, nullable=True,
                           help="from this step on, t is at most anneal_t_max"),
-    "anneal_t_max": Field("float", 0.5, 0.0, 1.0, help="largest t from step anneal_after on"),
+    "anneal_t_max": Field("float", 0.5, 0.0, _T_HIGH, help="largest t from step anneal_after on"),
     "weighting": _WEIGHTING,
 }
 
 
 def _decreasing_t(t_end: float) -> dict[str, Field]:
     """SDI and FSD walk t down linearly from t_start to t_end over the run."""
-    return {"t_start": Field("float", 0.98, 0.0, 0.999, help="t at the first step, a fraction of 1000"),
-            "t_end": Field("float", t_end, 0.0, 0.999, help="t at the last step (at most t_start)")}
+    return {"t_start": Field("float", 0.98, 0.0, _T_HIGH, help="t at the first step, a fraction of 1000"),
+            "t_end": Field("float", t_end, 0.0, _T_HIGH, help="t at the last step (at most t_start)")}
 
 
 METHODS: dict[str, Method] = {
@@ -162,7 +164,7 @@ def method_spec(name: str) -> Method:
     return METHODS[name]
 
 
-def check_method_options(method: str, options: dict[str, Any], field: str = "method_options") -> dict[str, Any]:
+def check_method_options(method: str, options: dict[str, Any], where: str = "method_options") -> dict[str, Any]:
     """`options` of `method` checked against its schema (names, types, ranges); ints given for floats
     become floats. Checks that involve two options (e.g. t_end <= t_start) are the method's own."""
     spec = method_spec(method)
@@ -170,13 +172,13 @@ def check_method_options(method: str, options: dict[str, Any], field: str = "met
     if unknown:
         known = ", ".join(f"{k} (default {v.default!r})" for k, v in spec.options.items())
         raise SettingError(f"{method} has no option(s) {', '.join(unknown)}: its options are {known}",
-                           f"{field}.{unknown[0]}")
+                           f"{where}.{unknown[0]}")
     checked = {}
     for key, value in options.items():
         try:
             checked[key] = check_value(f"{method} option {key}", spec.options[key], value)
         except SettingError as error:
-            raise SettingError(error.message, f"{field}.{key}") from None
+            raise SettingError(error.message, f"{where}.{key}") from None
     return checked
 
 

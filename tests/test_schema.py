@@ -46,7 +46,9 @@ def test_every_consumer_takes_a_method_option_at_its_range_ends_and_refuses_one_
     step = 1 if spec.kind == "int" else 1e-3
     for end, beyond in ((spec.low, spec.low - step), (spec.high, spec.high + step)):
         options = {option: end, **({PARTNERS[option]: end} if option in PARTNERS else {})}
-        assert getattr(make_method(method, options=options), option) == end
+        made = make_method(method, options=options, max_steps=10)
+        assert getattr(made, option) == end
+        assert all(0 <= made.timestep(step) <= 999 for step in (0, 5, 10))  # and a run can use it
         GenerateConfig(prompt="a cube", method=method, method_options=options).validate()
         validate_request({"prompt": "a cube", "method": method, "method_options": options})
         needle = f"{method} option {option} = {beyond!r} is out of range"

@@ -74,7 +74,7 @@ def flow_step(prior: Prior, method: Method, step: int) -> float:
         return ((1.0 - abar) / abar) ** 0.5
     t_now = method.timestep(step)
     t_next = method.timestep(step + 1) if step + 1 < method.max_steps else None
-    w = weight(prior.schedule, t_now, method.weighting, torch.zeros(()))
+    w = weight(prior.schedule, t_now, method.weighting, torch.zeros((), dtype=torch.float64))
     return (sigma(t_now) - (sigma(t_next) if t_next is not None else 0.0)) / float(w)
 
 

@@ -1,6 +1,6 @@
 """The four distillation methods and DDIM against hand computations on an exact prior (float64).
 
-Every expected value below is computed from the formulas of METHODS.md with a hand-written
+Every expected value below is computed from the formulas of docs/methods.md with a hand-written
 posterior mean and a hand-built noise schedule, never with the code under test."""
 import copy
 import math

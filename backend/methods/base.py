@@ -4,7 +4,7 @@ Every method turns the current render x (in the prior's space) into a gradient g
 applies it with  loss = 0.5 * sum((x - (x - g).detach())**2) / B,  so d loss / d x = g / B
 (`gradient_loss`).
 
-CFG convention used throughout (METHODS.md): e_s(z, t) = e(z, t, 0) + s * (e(z, t, y) - e(z, t, 0)).
+CFG convention used throughout (docs/methods.md): e_s(z, t) = e(z, t, 0) + s * (e(z, t, y) - e(z, t, 0)).
 threestudio writes e_y + s (e_y - e_0), which is the same thing at s + 1.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..config import check_range
 from ..errors import UserError
 from ..priors.base import TEXT, UNCOND, NoiseSchedule, Prior, View
 
-# Every schedule in METHODS.md is written for SD's 1000 training timesteps; all priors here use them.
+# Every schedule in docs/methods.md is written for SD's 1000 training timesteps; all priors here use them.
 NUM_TIMESTEPS = NoiseSchedule.num_train_timesteps
 
 

@@ -172,12 +172,21 @@ def distill_prompt_image(prompt: str, method: str = "sds", steps: int = 500, res
 def compare_methods(prompt: str, prior: Prior | str | None = None, steps: int = 500, resolution: int = 64,
                     seed: int = 0, device: torch.device | str = "cpu", methods: Sequence[str] = tuple(METHODS),
                     negative: str | None = None) -> np.ndarray:
-    """Every method and DDIM from one seed, decoded and labelled side by side (`python -m backend compare`)."""
+    """Every method and DDIM from one seed, decoded side by side (`python -m backend compare`), each
+    labelled with its RMS distance per value to the DDIM sample of the same noise (FSD's should be
+    about 0; docs/methods.md)."""
     from .pictures import grid
 
     device = resolve_device(device)
     the_prior = load_image_prior(prior, resolution, device)
     results = compare_2d(the_prior, methods, steps, seed, device=device, prompt=prompt, negative=negative)
     images = [the_prior.decode(x)[0] for x in results.values()]
+    labels = [name if name == "ddim" else f"{name} to ddim {rms_distance(x, results['ddim']):.3f}"
+              for name, x in results.items()]
     scale = max(1, 256 // images[0].shape[-1])
-    return grid(images, labels=list(results), scale=scale)
+    return grid(images, labels=labels, scale=scale)
+
+
+def rms_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """sqrt(mean((a - b)^2)): a distance that does not grow with the image size."""
+    return float((a.double() - b.double()).pow(2).mean().sqrt())

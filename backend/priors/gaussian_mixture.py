@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from .base import NEGATIVE, TEXT, UNCOND, NoiseSchedule, Prior, View
+from .shapes import _blur_matrix
 
 SHAPE = (3, 16, 16)
 CLASSES = 4
@@ -99,23 +100,11 @@ def _smooth(n: int, low: int, generator: torch.Generator) -> torch.Tensor:
     return F.interpolate(coarse, size=SHAPE[1:], mode="bilinear", align_corners=False)
 
 
-def _blur_matrix(n: int, sigma: float) -> torch.Tensor:
-    """[n, n] 1D Gaussian blur with edge padding."""
-    radius = max(1, math.ceil(3 * sigma))
-    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) / sigma) ** 2)
-    taps = taps / taps.sum()
-    matrix = torch.zeros(n, n, dtype=torch.float64)
-    for i in range(n):
-        for offset, tap in zip(range(-radius, radius + 1), taps):
-            matrix[i, min(max(i + offset, 0), n - 1)] += tap
-    return matrix
-
-
 def blurred(g: Gaussians, sigma: float = BLUR_SIGMA) -> Gaussians:
     """The mixture seen through a Gaussian blur B (a linear map): N(B mu, B Sigma B^T), refactored
     to orthonormal directions by an SVD of B U diag(sqrt(lam))."""
     c, h, w = SHAPE
-    rows, cols = _blur_matrix(h, sigma).to(g.mu), _blur_matrix(w, sigma).to(g.mu)
+    rows, cols = (_blur_matrix(n, sigma, g.mu.device).to(g.mu) for n in (h, w))
 
     def blur(x: torch.Tensor) -> torch.Tensor:  # [..., D] -> [..., D]
         images = x.reshape(*x.shape[:-1], c, h, w)

@@ -36,7 +36,7 @@ CLEAN_START = 0
 class SDI(Method):
     name: ClassVar[str] = "sdi"
     description: ClassVar[str] = ("Score Distillation via Inversion: DDIM-inverts each render instead of "
-                                  "adding random noise; CFG 7.5, sharp, up to 11 extra prior calls a step")
+                                  "adding random noise; CFG 7.5, up to 11 extra prior calls a step")
     limits: ClassVar[dict[str, tuple]] = {
         **Method.limits, "inversion_cfg": (-1000.0, 1000.0), "entropy": (0.0, 10.0),
         "t_start": (0.0, 0.999), "t_end": (0.0, 0.999), "inversion_steps": (1, 100)}

@@ -57,7 +57,7 @@ def guided_noise(prior: Prior, z_t: torch.Tensor, t: int, view: View, scale: flo
 
 def linear_timestep(step: int, max_steps: int, t_start: float, t_end: float) -> int:
     """A deterministic, linearly decreasing t(step) = T (t_start - (t_start - t_end) step / max_steps),
-    the schedule of SDI (appendix A.1) and the plain choice for FSD (eq. 9/14, t(tau) decreasing)."""
+    rounded: the plain choice for FSD (eq. 9/14, t(tau) decreasing). SDI truncates as its authors do."""
     progress = min(max(step / max(max_steps, 1), 0.0), 1.0)
     t = NUM_TIMESTEPS * (t_start - (t_start - t_end) * progress)
     return min(max(int(round(t)), 0), NUM_TIMESTEPS - 1)

@@ -132,13 +132,13 @@ def _decreasing_t(t_end: float) -> dict[str, Field]:
 
 METHODS: dict[str, Method] = {
     "sds": Method("sds", "SDS", "Score Distillation Sampling (DreamFusion): random t, fresh noise, CFG 100; "
-                  "the baseline, smooth and saturated",
+                  "the baseline",
                   {"cfg": _cfg(100.0), **_RANDOM_T}),
     "nfsd": Method("nfsd", "NFSD", "Noise-Free Score Distillation: SDS without the noise residual, using a "
-                   "negative prompt; CFG 7.5, sharper and less saturated",
+                   "negative prompt instead of the noise term; CFG 7.5",
                    {"cfg": _cfg(7.5), **_RANDOM_T}),
     "sdi": Method("sdi", "SDI", "Score Distillation via Inversion: DDIM-inverts each render instead of adding "
-                  "random noise; CFG 7.5, sharp, slower: up to inversion_steps + 1 extra prior calls a step",
+                  "random noise; CFG 7.5, slower: up to inversion_steps + 1 extra prior calls a step",
                   {"cfg": _cfg(7.5),
                    "inversion_cfg": Field("float", -7.5, -1000.0, 1000.0,
                                           help="guidance on the DDIM inversion (negative, as in the SDI paper)"),
@@ -147,7 +147,7 @@ METHODS: dict[str, Method] = {
                    "inversion_steps": Field("int", 10, 1, 100,
                                             help="steps of the DDIM inversion grid over the 1000 timesteps")}),
     "fsd": Method("fsd", "FSD", "Flow Score Distillation: decreasing t and camera-fixed world-map noise, a "
-                  "DDIM-like flow; CFG 7.5, diverse results across seeds",
+                  "DDIM-like flow; CFG 7.5, different seeds give different results",
                   {"cfg": _cfg(7.5), **_decreasing_t(0.02),
                    "beta": Field("float", 1.0, 0.0, 1.0, help="1: camera-fixed noise only; 0: fresh noise like SDS"),
                    "theta": Field("float", 180.0, 15.0, 360.0,

@@ -32,9 +32,9 @@ def cuda_device_problem(name: str) -> str | None:
     if index < count:
         return None
     if count == 0:
-        return (f"device {name!r} asked for, but PyTorch sees no CUDA GPU here: use device cpu "
+        return (f"device {name!r} asked for, but PyTorch sees no CUDA GPU here: use device auto or cpu "
                 "(or install a CUDA build of PyTorch)")
-    return f"device {name!r} asked for, but PyTorch sees {count} CUDA GPU(s): use cuda:0 to cuda:{count - 1}, or cpu"
+    return f"device {name!r} asked for, but PyTorch sees {count} CUDA GPU(s): use auto, cpu or cuda:0 to cuda:{count - 1}"
 
 
 def resolve_device(name: "str | torch.device") -> "torch.device":

@@ -1,4 +1,4 @@
-"""Ground-truth measurements against the catalog objects of the built-in prior (DESIGN.md §2).
+"""Ground-truth measurements against the catalog objects of the built-in prior (docs/methods.md, "Exact priors").
 
 Because the shapes prior's world is known exactly, a result is measured, not eyeballed: volume IoU
 of a trained field (or exported mesh) against the object's SDF, Chamfer distance between surface

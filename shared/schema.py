@@ -111,32 +111,34 @@ _WEIGHTING = Field("str", "sds", choices=("sds", "uniform"),
                    help="w(t) of the gradient: sds = 1 - abar_t (DreamFusion), uniform = 1")
 _STEP = 10**9  # upper bound of a step number
 
-# SDS and NFSD share the random timestep schedule t ~ U{T t_min .. T t_max}.
+# SDS and NFSD share the random timestep schedule t ~ U{T t_min .. T t_max}. Fractions of t stop at
+# 0.999: the last timestep is 999.
+_T_HIGH = 0.999
 _RANDOM_T = {
-    "t_min": Field("float", 0.02, 0.0, 1.0, help="smallest t, as a fraction of the 1000 timesteps"),
-    "t_max": Field("float", 0.98, 0.0, 1.0, help="largest t, as a fraction of the 1000 timesteps"),
+    "t_min": Field("float", 0.02, 0.0, _T_HIGH, help="smallest t, as a fraction of the 1000 timesteps"),
+    "t_max": Field("float", 0.98, 0.0, _T_HIGH, help="largest t, as a fraction of the 1000 timesteps"),
     "anneal_after": Field("int", None, 0, _STEP, nullable=True,
                           help="from this step on, t is at most anneal_t_max"),
-    "anneal_t_max": Field("float", 0.5, 0.0, 1.0, help="largest t from step anneal_after on"),
+    "anneal_t_max": Field("float", 0.5, 0.0, _T_HIGH, help="largest t from step anneal_after on"),
     "weighting": _WEIGHTING,
 }
 
 
 def _decreasing_t(t_end: float) -> dict[str, Field]:
     """SDI and FSD walk t down linearly from t_start to t_end over the run."""
-    return {"t_start": Field("float", 0.98, 0.0, 0.999, help="t at the first step, a fraction of 1000"),
-            "t_end": Field("float", t_end, 0.0, 0.999, help="t at the last step (at most t_start)")}
+    return {"t_start": Field("float", 0.98, 0.0, _T_HIGH, help="t at the first step, a fraction of 1000"),
+            "t_end": Field("float", t_end, 0.0, _T_HIGH, help="t at the last step (at most t_start)")}
 
 
 METHODS: dict[str, Method] = {
     "sds": Method("sds", "SDS", "Score Distillation Sampling (DreamFusion): random t, fresh noise, CFG 100; "
-                  "the baseline, smooth and saturated",
+                  "the baseline",
                   {"cfg": _cfg(100.0), **_RANDOM_T}),
     "nfsd": Method("nfsd", "NFSD", "Noise-Free Score Distillation: SDS without the noise residual, using a "
-                   "negative prompt; CFG 7.5, sharper and less saturated",
+                   "negative prompt instead of the noise term; CFG 7.5",
                    {"cfg": _cfg(7.5), **_RANDOM_T}),
     "sdi": Method("sdi", "SDI", "Score Distillation via Inversion: DDIM-inverts each render instead of adding "
-                  "random noise; CFG 7.5, sharp, slower: up to inversion_steps + 1 extra prior calls a step",
+                  "random noise; CFG 7.5, slower: up to inversion_steps + 1 extra prior calls a step",
                   {"cfg": _cfg(7.5),
                    "inversion_cfg": Field("float", -7.5, -1000.0, 1000.0,
                                           help="guidance on the DDIM inversion (negative, as in the SDI paper)"),
@@ -145,7 +147,7 @@ METHODS: dict[str, Method] = {
                    "inversion_steps": Field("int", 10, 1, 100,
                                             help="steps of the DDIM inversion grid over the 1000 timesteps")}),
     "fsd": Method("fsd", "FSD", "Flow Score Distillation: decreasing t and camera-fixed world-map noise, a "
-                  "DDIM-like flow; CFG 7.5, diverse results across seeds",
+                  "DDIM-like flow; CFG 7.5, different seeds give different results",
                   {"cfg": _cfg(7.5), **_decreasing_t(0.02),
                    "beta": Field("float", 1.0, 0.0, 1.0, help="1: camera-fixed noise only; 0: fresh noise like SDS"),
                    "theta": Field("float", 180.0, 15.0, 360.0,
@@ -162,7 +164,7 @@ def method_spec(name: str) -> Method:
     return METHODS[name]
 
 
-def check_method_options(method: str, options: dict[str, Any], field: str = "method_options") -> dict[str, Any]:
+def check_method_options(method: str, options: dict[str, Any], where: str = "method_options") -> dict[str, Any]:
     """`options` of `method` checked against its schema (names, types, ranges); ints given for floats
     become floats. Checks that involve two options (e.g. t_end <= t_start) are the method's own."""
     spec = method_spec(method)
@@ -170,13 +172,13 @@ def check_method_options(method: str, options: dict[str, Any], field: str = "met
     if unknown:
         known = ", ".join(f"{k} (default {v.default!r})" for k, v in spec.options.items())
         raise SettingError(f"{method} has no option(s) {', '.join(unknown)}: its options are {known}",
-                           f"{field}.{unknown[0]}")
+                           f"{where}.{unknown[0]}")
     checked = {}
     for key, value in options.items():
         try:
             checked[key] = check_value(f"{method} option {key}", spec.options[key], value)
         except SettingError as error:
-            raise SettingError(error.message, f"{field}.{key}") from None
+            raise SettingError(error.message, f"{where}.{key}") from None
     return checked
 
 

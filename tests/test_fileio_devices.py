@@ -40,5 +40,5 @@ def test_device_names():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when no GPU is present")
 def test_missing_gpu_is_a_clear_error():
-    with pytest.raises(UserError, match="no CUDA GPU.*use device cpu"):
+    with pytest.raises(UserError, match="no CUDA GPU.*use device auto or cpu"):
         resolve_device("cuda:0")

@@ -1,6 +1,6 @@
 """The four distillation methods and DDIM against hand computations on an exact prior (float64).
 
-Every expected value below is computed from the formulas of METHODS.md with a hand-written
+Every expected value below is computed from the formulas of docs/methods.md with a hand-written
 posterior mean and a hand-built noise schedule, never with the code under test."""
 import copy
 import math
@@ -174,6 +174,8 @@ def test_sdi_time_schedule_is_linear_980_to_250():
     assert [sdi.timestep(s) for s in (0, 500, 1000)] == [980, 615, 250]
     ts = [sdi.timestep(s) for s in range(1001)]
     assert all(a >= b for a, b in zip(ts, ts[1:]))
+    short = make_method("sdi", max_steps=500)                  # the authors' int(): 978.54 -> 978, not 979
+    assert short.timestep(1) == 978 and short.timestep(499) == 251
 
 
 def test_sdi_inversion_grid():

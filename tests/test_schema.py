@@ -4,6 +4,7 @@ with it, and a value the schema refuses is refused everywhere, naming the option
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -34,12 +35,20 @@ def test_each_method_class_has_the_schema_options_and_defaults():
     assert describe_methods() == {name: method.description for name, method in schema.METHODS.items()}
 
 
+def test_the_guidance_scale_a_description_names_is_the_cfg_default():
+    for method in schema.METHODS.values():
+        scale = re.search(r"CFG ([0-9.]+)", method.description).group(1)
+        assert float(scale) == method.options["cfg"].default, method.name
+
+
 @pytest.mark.parametrize("method, option, spec", NUMBERS, ids=[f"{m}.{o}" for m, o, _ in NUMBERS])
 def test_every_consumer_takes_a_method_option_at_its_range_ends_and_refuses_one_step_beyond(method, option, spec):
     step = 1 if spec.kind == "int" else 1e-3
     for end, beyond in ((spec.low, spec.low - step), (spec.high, spec.high + step)):
         options = {option: end, **({PARTNERS[option]: end} if option in PARTNERS else {})}
-        assert getattr(make_method(method, options=options), option) == end
+        made = make_method(method, options=options, max_steps=10)
+        assert getattr(made, option) == end
+        assert all(0 <= made.timestep(step) <= 999 for step in (0, 5, 10))  # and a run can use it
         GenerateConfig(prompt="a cube", method=method, method_options=options).validate()
         validate_request({"prompt": "a cube", "method": method, "method_options": options})
         needle = f"{method} option {option} = {beyond!r} is out of range"

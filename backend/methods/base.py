@@ -4,7 +4,7 @@ Every method turns the current render x (in the prior's space) into a gradient g
 applies it with  loss = 0.5 * sum((x - (x - g).detach())**2) / B,  so d loss / d x = g / B
 (`gradient_loss`).
 
-CFG convention used throughout (METHODS.md): e_s(z, t) = e(z, t, 0) + s * (e(z, t, y) - e(z, t, 0)).
+CFG convention used throughout (docs/methods.md): e_s(z, t) = e(z, t, 0) + s * (e(z, t, y) - e(z, t, 0)).
 threestudio writes e_y + s (e_y - e_0), which is the same thing at s + 1.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ..config import check_range
 from ..errors import UserError
 from ..priors.base import TEXT, UNCOND, NoiseSchedule, Prior, View
 
-# Every schedule in METHODS.md is written for SD's 1000 training timesteps; all priors here use them.
+# Every schedule in docs/methods.md is written for SD's 1000 training timesteps; all priors here use them.
 NUM_TIMESTEPS = NoiseSchedule.num_train_timesteps
 
 
@@ -59,7 +59,7 @@ def guided_noise(prior: Prior, z_t: torch.Tensor, t: int, view: View, scale: flo
 
 def linear_timestep(step: int, max_steps: int, t_start: float, t_end: float) -> int:
     """A deterministic, linearly decreasing t(step) = T (t_start - (t_start - t_end) step / max_steps),
-    the schedule of SDI (appendix A.1) and the plain choice for FSD (eq. 9/14, t(tau) decreasing)."""
+    rounded: the plain choice for FSD (eq. 9/14, t(tau) decreasing). SDI truncates as its authors do."""
     progress = min(max(step / max(max_steps, 1), 0.0), 1.0)
     t = NUM_TIMESTEPS * (t_start - (t_start - t_end) * progress)
     return min(max(int(round(t)), 0), NUM_TIMESTEPS - 1)

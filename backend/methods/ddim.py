@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..config import check_range
 from ..priors.base import Prior, View
 from .base import NUM_TIMESTEPS, guided_noise
 
@@ -18,9 +19,13 @@ STEPS_OFFSET = 1
 
 
 def ddim_timesteps(steps: int) -> list[int]:
-    """The DDIM grid in increasing order: 1, 1 + T/steps, ..., e.g. 1, 101, ..., 901 for 10 steps."""
+    """The DDIM grid in increasing order: 1, 1 + T/steps, ..., e.g. 1, 101, ..., 901 for 10 steps.
+    1 <= steps <= T. With T steps the offset would put the top at t = T, past the table, so that grid
+    is 0 .. T-1 (every training timestep)."""
+    check_range("DDIM steps", steps, 1, NUM_TIMESTEPS, integer=True)
     ratio = NUM_TIMESTEPS // steps
-    return [k * ratio + STEPS_OFFSET for k in range(steps)]
+    offset = STEPS_OFFSET if (steps - 1) * ratio + STEPS_OFFSET < NUM_TIMESTEPS else 0
+    return [k * ratio + offset for k in range(steps)]
 
 
 def predicted_x0(z: torch.Tensor, e: torch.Tensor, abar: torch.Tensor | float) -> torch.Tensor:

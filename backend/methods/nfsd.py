@@ -5,6 +5,9 @@
         delta_C = e_y - e_0                                                      (eq. 3)
         delta_D = e_0 if t < 200 else e_0 - e_neg                                (eq. 6)
         g = w(t) (delta_D + s delta_C),  s = 7.5,  no "- eps" term              (eq. 7)
+Nothing in the rule holds x at the data: at t >= 200 it pushes along e_y - e_0 and away from the
+negative. On the exact Gaussian mixture it ends 9 off the class (negative = the mixture), sharper than
+the data (a blurry negative), or runs away (another class as negative): docs/methods.md, "NFSD".
 """
 from __future__ import annotations
 

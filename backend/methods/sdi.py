@@ -1,12 +1,16 @@
 """SDI, Score Distillation via (DDIM) Inversion (Lukoianov et al. 2024, "Score Distillation via
-Reparametrized DDIM").
+Reparametrized DDIM"), as its authors run it: their threestudio guidance
+threestudio/models/guidance/stable_diffusion_sdi_guidance.py ("the guidance" below) and config
+configs/sdi.yaml of threestudio-project/threestudio at commit 28d9d80 (docs/methods.md, "SDI").
 
-    schedule: t(step) = T (0.98 - (0.98 - 0.25) step / max_steps), deterministic     (appendix A.1)
-    noise:    z = the render x DDIM-inverted to t + d, d ~ U{0..99}, with CFG -7.5 and a small
-              entropy term 0.3 sigma n at every inversion step                       (sec. 5, eq. 11)
+    schedule: t(step) = int(T (t_end + (t_start - t_end)(1 - step / max_steps))), 980 -> 250
+              (the guidance, update_step lines 655-660 and set_min_max_steps lines 155-156)
+    noise:    z = the render x DDIM-inverted to t + d, d ~ U{0 .. T/n - 1}, with CFG -7.5 and an
+              entropy term 0.3 sigma n after every inversion step              (paper sec. 5, eq. 11)
     rule:     x0_hat = (z - s_t e_7.5(z, t)) / a_t,   g = x - x0_hat
-              = (s_t / a_t) (e_hat - eps_inv),  eps_inv = (z - a_t x) / s_t           (eq. 10)
-Perp-Neg and the paper's convexity regulariser are not part of the method here.
+              = (s_t / a_t) (e_hat - eps_inv),  eps_inv = (z - a_t x) / s_t       (paper eq. 10)
+Perp-Neg (sdi.yaml line 66) is the prior's option; the convexity regulariser is not part of it.
+What this does on an exact prior (it contracts towards the class mean) is measured in docs/methods.md.
 """
 from __future__ import annotations
 
@@ -16,18 +20,28 @@ from typing import ClassVar
 import torch
 
 from ..priors.base import View
-from .base import NUM_TIMESTEPS, GradientOutput, Method, check_decreasing, guided_noise, linear_timestep
+from .base import NUM_TIMESTEPS, GradientOutput, Method, check_decreasing, guided_noise
 from .ddim import ddim_step, ddim_timesteps, predicted_x0
 
-CLEAN_START = 0  # the inversion starts from x itself, at the noise level abar[0] of timestep 0
+# The inversion starts from x itself at the noise level abar[0]: the guidance's first step runs
+# from timestep 1 - T/n = -99, which the inverse scheduler maps to initial_alpha_cumprod = abar[0]
+# (line 281; SD's scheduler config has set_alpha_to_one false), and its variance to
+# final_alpha_cumprod = abar[0] (line 326). The guidance also passes -99 to the UNet as that step's
+# timestep (line 394); an exact prior has no timestep -99, so it is queried at 0, the noise level
+# the step itself assumes. This is the one place where we cannot do exactly what the code does.
+CLEAN_START = 0
 
 
 @dataclass
 class SDI(Method):
     name: ClassVar[str] = "sdi"
 
+    # CFG scales in our convention e_0 + s (e_y - e_0). The authors' config runs Perp-Neg (sdi.yaml
+    # line 66), whose branch is written e_0 + s (...) (guidance line 241): their 7.5 / -7.5 are ours.
+    # Without Perp-Neg their code writes e_y + s (e_y - e_0) (line 263), i.e. ours at 8.5 / -6.5;
+    # both are measured in docs/methods.md.
     cfg: float = 7.5
-    inversion_cfg: float = -7.5   # negative CFG on the inversion (sec. 6.2, "CFG for inversion")
+    inversion_cfg: float = -7.5   # negative CFG on the inversion (sec. 6.2; sdi.yaml line 78)
     entropy: float = 0.3          # the 0.3 of eq. 11
     t_start: float = 0.98
     t_end: float = 0.25
@@ -38,21 +52,28 @@ class SDI(Method):
         check_decreasing(self)
 
     def timestep(self, step: int) -> int:
-        return linear_timestep(step, self.max_steps, self.t_start, self.t_end)        # appendix A.1
+        """The guidance's annealed t: int(T * ((t_start - t_end)(1 - step / max_steps) + t_end)),
+        truncated as int() does (lines 655-660, 155-156), so 980 at step 0 and 250 at the end."""
+        progress = min(max(step / max(self.max_steps, 1), 0.0), 1.0)
+        percent = (self.t_start - self.t_end) * (1.0 - progress) + self.t_end
+        return min(int(NUM_TIMESTEPS * percent), NUM_TIMESTEPS - 1)
 
     def offset(self) -> int:
-        """d ~ U{0 .. T/n - 1}: how far past t the inversion goes, about one DDIM step (appendix A.1)."""
+        """d ~ U{0 .. T/n - 1}: how far past t the inversion goes, about one DDIM step (appendix A.1;
+        the guidance's int(random() * T // n), lines 364-371)."""
         return self.randint(0, NUM_TIMESTEPS // self.inversion_steps - 1)
 
     def inversion_grid(self, t: int, d: int) -> list[int]:
-        """The clean start, the DDIM timesteps below t, then t + d (capped at T - 1)."""
+        """The clean start, the DDIM timesteps 1, 1 + T/n, ... below t ("leading" spacing with
+        steps_offset 1, lines 345-357), then t + d capped at T - 1 (lines 369-372)."""
         below = [k for k in ddim_timesteps(self.inversion_steps) if k < t]
         return [CLEAN_START, *below, min(t + d, NUM_TIMESTEPS - 1)]
 
     @torch.no_grad()
     def invert(self, x: torch.Tensor, grid: list[int], view: View) -> torch.Tensor:
         """DDIM inversion of x along `grid` (eq. 2 run from images to noise), with CFG `inversion_cfg`
-        and the entropy noise of eq. 11 after every step."""
+        queried at each step's source timestep (lines 394-402), and the entropy noise of eq. 11 after
+        every step (lines 326-327)."""
         schedule = self.prior.schedule
         z = x
         for t_cur, t_next in zip(grid[:-1], grid[1:]):
@@ -67,7 +88,10 @@ class SDI(Method):
 
     @torch.no_grad()
     def gradient_at(self, x: torch.Tensor, t: int, z: torch.Tensor, view: View) -> GradientOutput:
-        """The rule of eq. 10 given the inverted latent z; z is used as it is, x is not re-noised."""
+        """The rule of eq. 10 given the inverted latent z (at t + d), denoised at t, not t + d, as the
+        guidance does (lines 448-460); x is not re-noised. The authors' loss is
+        0.5 * mse(x, x0_hat, mean) / B (line 525): the same direction, scaled by 1 / (B * numel),
+        which their Adam (eps 1e-15) cancels; the loop applies g with a sum (gradient_loss)."""
         schedule = self.prior.schedule
         a_t, s_t = schedule.a_s(t, x)
         e_hat = guided_noise(self.prior, z, t, view, self.cfg)

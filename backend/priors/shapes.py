@@ -1,4 +1,4 @@
-"""The built-in exact prior (DESIGN.md §2): a finite world of shapes, rendered exactly for each view.
+"""The built-in exact prior (docs/methods.md, "Exact priors"): a finite world of shapes, rendered exactly for each view.
 
 Its denoiser is the exact posterior mean over the renders of the objects a condition selects
 (backend/priors/exact.py). TEXT = the objects the prompt names, UNCOND = every object, NEGATIVE =
@@ -12,6 +12,7 @@ then shaded at those hit points, and the subsamples are summed into pixels once 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -22,8 +23,9 @@ from ..errors import UserError
 from ..shading import shade
 from .base import NEGATIVE, TEXT, UNCOND, View
 from .exact import ExactPrior
-from .shapes_world import (CATALOG, COLORS, PATTERNS, SDF, SHAPE_RADIUS, SHAPES, CatalogObject, accent_color,
-                           parse_prompt, pattern_mask, sdf_gradient)
+from .shapes_world import (CATALOG, COLORS, PATTERNS, SDF, SHAPE_RADIUS, SHAPES, VOCABULARY, CatalogObject,
+                           accent_color, parse_prompt, pattern_mask, sdf_gradient, strip_view_suffix,
+                           vocabulary_text)
 
 SUPERSAMPLE = 2           # subsamples per pixel side (anti-aliasing)
 MAX_TRACE_STEPS = 64
@@ -31,6 +33,28 @@ HIT_EPS = 2e-4            # world units: a ray has hit once the SDF is below thi
 GRAZING_EPS = 5e-3        # rays still marching after MAX_TRACE_STEPS skim an edge: a hit if this close
 COMPACT_EVERY = 8         # steps between dropping finished rays (indexing costs more than a few extra steps)
 BLUR_SIGMA = 1.0 / 32.0   # NEGATIVE's Gaussian blur, as a fraction of the image size (2 px at 64 px)
+
+# Words a prompt may hold besides the vocabulary: articles, "photo of", view words, joiners.
+FILLER = frozenset(("a an the one some of with and in on at made out photo photograph picture image "
+                    "render rendering drawing 3d model dslr view front side back overhead top").split())
+
+
+def unknown_words(prompt: str) -> list[str]:
+    """The words of a prompt that are neither in the shapes vocabulary (with simple plurals) nor filler."""
+    words = re.findall(r"[a-z0-9]+", strip_view_suffix(prompt).lower())
+    known = lambda w: (w in FILLER or w in VOCABULARY or (w.endswith("s") and w[:-1] in VOCABULARY)  # noqa: E731
+                       or (w.endswith("es") and w[:-2] in VOCABULARY))
+    return list(dict.fromkeys(w for w in words if not known(w)))
+
+
+def check_prompt_words(prompt: str) -> None:
+    """A prompt with words the shapes prior cannot show would train something else in silence
+    ("a purple elephant playing chess" -> a purple object): refuse it, naming the words."""
+    unknown = unknown_words(prompt)
+    if unknown:
+        raise UserError(f"the built-in 'shapes' prior does not know {', '.join(map(repr, unknown))} in the prompt "
+                        f"{prompt!r}: it knows {vocabulary_text()} (and filler such as 'a', 'the', 'photo of', "
+                        "'front view'); remove those words or use a Stable Diffusion model as the prior")
 
 
 @dataclass
@@ -126,8 +150,10 @@ class ShapesPrior(ExactPrior):
     def set_prompts(self, prompt: str, negative: str | None = None, view_dependent: bool = True) -> None:
         """TEXT = the objects `prompt` names ("" = all). NEGATIVE = the objects `negative` names, or
         blurred renders of all objects when it names none (or is None). The view suffix is moot here:
-        every candidate is already rendered for the exact view."""
+        every candidate is already rendered for the exact view. The prompt may hold only vocabulary
+        and filler words (check_prompt_words); the negative prompt may say anything."""
         self.text_objects = parse_prompt(prompt)
+        check_prompt_words(prompt)
         self.negative_objects: list[CatalogObject] | None = None
         if negative is not None:
             try:

@@ -49,7 +49,7 @@ def check_device_exists(device: str) -> None:
     """ProtocolError naming "device" unless torch has this device (asked before any model loads)."""
     problem = cuda_device_problem(device)
     if problem:
-        raise ProtocolError(f"{problem} (or start the backend on a machine with that GPU)", "device")
+        raise ProtocolError(problem, "device")
 
 
 def _field_named_in(message: str) -> str | None:

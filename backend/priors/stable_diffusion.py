@@ -76,9 +76,7 @@ class StableDiffusionPrior(Prior):
         self.vae = _place(vae, self.device, self.dtype)
         if vae_tiling:
             self.vae.enable_tiling()
-        self.vae_channels_last = vae_channels_last and self.device.type == "cuda"
-        if self.vae_channels_last:
-            self.vae.to(memory_format=torch.channels_last)
+        self.set_vae_channels_last(vae_channels_last)
         # cpu_offload: the text encoder (0.7 GB in fp16 for SD 2.x) stays on the CPU; prompts are encoded
         # once per run and cached on the device, so this costs a second or so per new prompt set.
         self.text_device = torch.device("cpu") if cpu_offload else self.device
@@ -190,6 +188,11 @@ class StableDiffusionPrior(Prior):
         negatives = views[torch.tensor([m[1] for m in mixtures], device=self.device)].transpose(0, 1)
         weights = torch.tensor([m[2] for m in mixtures], device=self.device)
         return positive, negatives, weights
+
+    def set_vae_channels_last(self, on: bool) -> None:
+        """Run the VAE (weights and input) channels-last, on CUDA only (where cuDNN has kernels for it)."""
+        self.vae_channels_last = on and self.device.type == "cuda"
+        self.vae.to(memory_format=torch.channels_last if self.vae_channels_last else torch.contiguous_format)
 
     # ---- latents -------------------------------------------------------------------------------
 

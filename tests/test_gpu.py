@@ -131,6 +131,41 @@ def test_replayed_vae_encoder_matches_eager_forward_and_backward(sd_folder, vae_
     assert graphed.vae_graphs.replays == 3
 
 
+def test_compiled_field_agrees_with_the_eager_reference_on_cuda():
+    from backend.nerf import NeRFSettings
+    from backend.nerf.compiled import CompiledHashGrid
+    from backend.nerf.encoding import TorchHashGrid
+    from backend.nerf.field import Field
+
+    settings = NeRFSettings()
+    torch.manual_seed(0)
+    reference, compiled = Field(settings), Field(settings)
+    compiled.encoding = CompiledHashGrid(settings)
+    assert isinstance(reference.encoding, TorchHashGrid)
+    for table in reference.encoding.tables:
+        table.data.uniform_(-0.1, 0.1)
+    compiled.load_state_dict(reference.state_dict())
+    reference, compiled = reference.cuda(), compiled.cuda()
+    for levels, n in ((8, 50000), (16, 70000)):  # progressive levels and a new sample count: no wrong reuse
+        results = []
+        points = torch.rand(n, 3, device="cuda") * 1.6 - 0.8
+        weight = torch.rand(n, 3, device="cuda")
+        for field in (reference, compiled):
+            field.set_active_levels(levels)
+            field.zero_grad(set_to_none=True)
+            out = field(points)
+            (out.density.sum() + out.albedo.sum() + (out.normal * weight).sum()).backward()
+            results.append((out, [p.grad for p in field.parameters()]))
+        (a, ga), (b, gb) = results
+        for name in ("density", "albedo", "normal"):
+            assert relative_error(getattr(b, name), getattr(a, name)) < 1e-4, name
+        for x, y in zip(ga, gb):
+            assert (x is None) == (y is None)
+            if x is not None:
+                assert relative_error(y, x) < 1e-3
+    assert not compiled.encoding._encode.failed and not compiled.encoding.heads.failed
+
+
 def test_tiny_cuda_nn_hash_grid_agrees_with_the_pytorch_one():
     """The two implementations hash and lay out their tables differently, so compare what does not depend on
     that: a constant table gives that constant on active levels and 0 on the others, and every level's

@@ -6,7 +6,7 @@ backend/priors/sd_random.py, nothing downloaded): speed and memory do not depend
 Each step is what the training loop does on the prior side: a 64x64 render -> encode (VAE at 512, with
 gradient) -> the method's gradient (its UNet calls) -> backward into the render -> Adam. The render is a
 learnable image by default, so the numbers are the prior + method cost alone; --nerf renders the real
-hash-grid NeRF instead (the whole step). `plain` is the reference step on the same render.
+hash-grid NeRF instead (the whole step); --render image,nerf does both. `plain` is the reference step on the same render.
 
 The timed steps are spread evenly over a --max-steps run, because SDI's cost falls with t (10 inversion
 calls at the start, 4 at t = 250) and FSD's and SDI's t follow the step. --components also times the
@@ -60,7 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--vae-channels-last", action="store_true", help="run the VAE channels-last")
     parser.add_argument("--perp-neg", action="store_true")
     parser.add_argument("--attention-slicing", action="store_true")
-    parser.add_argument("--nerf", action="store_true", help="render the real NeRF instead of a learnable image")
+    parser.add_argument("--render", default="image", help="comma-separated: image (a learnable image, the prior "
+                        "side alone) and/or nerf (the real NeRF: the whole step)")
+    parser.add_argument("--nerf", action="store_const", const="nerf", dest="render", help="same as --render nerf")
     parser.add_argument("--components", action="store_true",
                         help="also time the UNet call and the VAE encoder forward+backward alone")
     parser.add_argument("--threads", type=int, help="CPU threads for PyTorch (on a busy CPU, 1 is steadier)")
@@ -129,7 +131,7 @@ def plain_step(prior: StableDiffusionPrior) -> PlainSDS:
                     resolution=prior.render_resolution)
 
 
-def bench_method(name: str, prior: StableDiffusionPrior, args) -> dict:
+def bench_method(name: str, prior: StableDiffusionPrior, args, render_kind: str) -> dict:
     device = prior.device
     plain = name == PLAIN
     method = None if plain else make_method(name, max_steps=args.max_steps, seed=0)
@@ -138,7 +140,7 @@ def bench_method(name: str, prior: StableDiffusionPrior, args) -> dict:
         reference = plain_step(prior)
     else:
         method.setup(prior)
-    render = (NeRFRender if args.nerf else ImageRender)(args, device)
+    render = (NeRFRender if render_kind == "nerf" else ImageRender)(args, device)
     generator = torch.Generator().manual_seed(0)
     total = args.warmup + args.steps
     # spread over the run; the warm-up steps repeat the first timed ones
@@ -171,7 +173,7 @@ def bench_method(name: str, prior: StableDiffusionPrior, args) -> dict:
     calls = (reference.unet_calls if plain else prior.unet_calls) - calls_before
     median = statistics.median(times)
     result = {"method": name, "graphs": prior.unet_graphs.enabled and not plain,
-              "vae_channels_last": prior.vae_channels_last, "nerf": args.nerf, "steps_per_s": 1.0 / median,
+              "vae_channels_last": prior.vae_channels_last, "render": render_kind, "steps_per_s": 1.0 / median,
               "median_step_ms": 1000.0 * median, "mean_step_ms": 1000.0 * statistics.fmean(times),
               "unet_calls_per_step": calls / args.steps}
     if device.type == "cuda":
@@ -244,23 +246,25 @@ def main(argv=None) -> dict:
     weights_mb = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else None
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "size": args.size, "dtype": str(prior.dtype), "latent_mode": args.latent_mode,
-            "resolution": args.resolution, "batch": args.batch, "perp_neg": args.perp_neg, "nerf": args.nerf,
+            "resolution": args.resolution, "batch": args.batch, "perp_neg": args.perp_neg, "render": args.render,
             "timed_steps": args.steps, "spread_over_steps": args.max_steps, "build_s": setup_s,
             "weights_vram_mb": weights_mb, "graphs_possible": allowed[0]}
     print(json.dumps(info))
     results = []
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
-    for graphs in ([True, False] if args.graphs == "both" else [args.graphs == "on"]):
-        set_graphs(prior, graphs, allowed)
-        for name in names:
-            if name == PLAIN and any(r["method"] == PLAIN for r in results):
-                continue  # the reference does not use the prior's graphs: once is enough
-            result = bench_method(name, prior, args)
-            results.append(result)
-            print(f"{result['method']:>5} graphs {'on ' if result['graphs'] else 'off'}: "
-                  f"{result['steps_per_s']:7.2f} steps/s  median {result['median_step_ms']:8.1f} ms"
-                  f"  UNet calls/step {result['unet_calls_per_step']:5.2f}"
-                  + (f"  peak VRAM {result['peak_vram_mb']:8.0f} MB" if "peak_vram_mb" in result else ""), flush=True)
+    for render_kind in [r.strip() for r in args.render.split(",")]:
+        for graphs in ([True, False] if args.graphs == "both" else [args.graphs == "on"]):
+            set_graphs(prior, graphs, allowed)
+            for name in names:
+                if name == PLAIN and any(r["method"] == PLAIN and r["render"] == render_kind for r in results):
+                    continue  # the reference does not use the prior's graphs: once is enough
+                result = bench_method(name, prior, args, render_kind)
+                results.append(result)
+                print(f"{render_kind:>5} {result['method']:>5} graphs {'on ' if result['graphs'] else 'off'}: "
+                      f"{result['steps_per_s']:7.2f} steps/s  median {result['median_step_ms']:8.1f} ms"
+                      f"  UNet calls/step {result['unet_calls_per_step']:5.2f}"
+                      + (f"  peak VRAM {result['peak_vram_mb']:8.0f} MB" if "peak_vram_mb" in result else ""),
+                      flush=True)
     info.update(summary(results))
     for key, value in summary(results).items():
         print(f"{key}: {value:.2f}")
@@ -274,19 +278,20 @@ def main(argv=None) -> dict:
 
 
 def summary(results: list[dict]) -> dict:
-    """The ratios the targets are written in: plain / method time (speed-up over the reference, > 1 is
-    faster) and SDI / SDS time, with the prior's graphs on where they were measured."""
-    best = {}
-    for r in results:  # per method, the graphs-on row if there is one
-        if r["method"] not in best or (r["graphs"] and not best[r["method"]]["graphs"]):
-            best[r["method"]] = r
+    """The ratios the targets are written in, per render kind: plain / method time (speed-up over the
+    reference, > 1 is faster) and SDI / SDS time, with the prior's graphs on where they were measured."""
     out = {}
-    if PLAIN in best:
-        for name, r in best.items():
-            if name != PLAIN:
-                out[f"speedup_{name}_over_plain"] = best[PLAIN]["median_step_ms"] / r["median_step_ms"]
-    if "sds" in best and "sdi" in best:
-        out["sdi_over_sds_time"] = best["sdi"]["median_step_ms"] / best["sds"]["median_step_ms"]
+    for kind in dict.fromkeys(r["render"] for r in results):
+        best = {}
+        for r in results:  # per method, the graphs-on row if there is one
+            if r["render"] == kind and (r["method"] not in best or (r["graphs"] and not best[r["method"]]["graphs"])):
+                best[r["method"]] = r
+        if PLAIN in best:
+            for name, r in best.items():
+                if name != PLAIN:
+                    out[f"{kind}_speedup_{name}_over_plain"] = best[PLAIN]["median_step_ms"] / r["median_step_ms"]
+        if "sds" in best and "sdi" in best:
+            out[f"{kind}_sdi_over_sds_time"] = best["sdi"]["median_step_ms"] / best["sds"]["median_step_ms"]
     return out
 
 

@@ -118,6 +118,13 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def graph_settings(args, allowed: tuple[bool, bool]) -> list[bool]:
+    """Graphs on and/or off as asked; only off where the prior cannot capture (CPU, memory options)."""
+    if not any(allowed):
+        return [False]
+    return [True, False] if args.graphs == "both" else [args.graphs == "on"]
+
+
 def set_graphs(prior: StableDiffusionPrior, on: bool, allowed: tuple[bool, bool]) -> None:
     """Graphs on or off for both graphed calls (within what the prior allows), dropping captured ones."""
     for graphed, ok in zip((prior.unet_graphs, prior.vae_graphs), allowed):
@@ -217,7 +224,7 @@ def bench_components(prior: StableDiffusionPrior, args, allowed: tuple[bool, boo
         render = rgb.clone().requires_grad_(True)
         (prior.encode(render) * direction).sum().backward()
 
-    for graphs in ([True, False] if args.graphs == "both" else [args.graphs != "off"]):
+    for graphs in graph_settings(args, allowed):
         set_graphs(prior, graphs, allowed)
         rows.append({"component": "unet_call", "graphs": prior.unet_graphs.enabled, "vae_channels_last": None,
                      "ms": median_ms(lambda: prior.predict_noise(z, t, (TEXT, UNCOND), view), device, repeat)})
@@ -253,7 +260,7 @@ def main(argv=None) -> dict:
     results = []
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     for render_kind in [r.strip() for r in args.render.split(",")]:
-        for graphs in ([True, False] if args.graphs == "both" else [args.graphs == "on"]):
+        for graphs in graph_settings(args, allowed):
             set_graphs(prior, graphs, allowed)
             for name in names:
                 if name == PLAIN and any(r["method"] == PLAIN and r["render"] == render_kind for r in results):

@@ -61,6 +61,7 @@ def test_memory_options_keep_the_predictions(sd_folder):
                                      attention_slicing=True, vae_tiling=True, cpu_offload=True)
     assert next(lean.text_encoder.parameters()).device.type == "cpu"
     assert "SlicedAttnProcessor" in lean.describe()["attention"]
+    assert plain.describe()["cuda_graphs"] and not lean.describe()["cuda_graphs"]  # slicing/offload: eager
     view = cuda_view(1)
     z, t = torch.randn(1, 4, 8, 8, device="cuda"), torch.tensor([500], device="cuda")
     for prior in (plain, lean):

@@ -258,6 +258,17 @@ def main(argv=None) -> dict:
             "weights_vram_mb": weights_mb, "graphs_possible": allowed[0]}
     print(json.dumps(info))
     results = []
+    report = {"info": info, "results": results}
+
+    def save() -> None:  # after every result, so a run cut short still leaves what it measured
+        info.update(summary(results))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2))
+
+    if args.components:  # first: quick, and they decide the VAE layout
+        report["components"] = bench_components(prior, args, allowed, repeat=max(args.steps, 5))
+        save()
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     for render_kind in [r.strip() for r in args.render.split(",")]:
         for graphs in graph_settings(args, allowed):
@@ -267,20 +278,14 @@ def main(argv=None) -> dict:
                     continue  # the reference does not use the prior's graphs: once is enough
                 result = bench_method(name, prior, args, render_kind)
                 results.append(result)
+                save()
                 print(f"{render_kind:>5} {result['method']:>5} graphs {'on ' if result['graphs'] else 'off'}: "
                       f"{result['steps_per_s']:7.2f} steps/s  median {result['median_step_ms']:8.1f} ms"
                       f"  UNet calls/step {result['unet_calls_per_step']:5.2f}"
                       + (f"  peak VRAM {result['peak_vram_mb']:8.0f} MB" if "peak_vram_mb" in result else ""),
                       flush=True)
-    info.update(summary(results))
     for key, value in summary(results).items():
         print(f"{key}: {value:.2f}")
-    report = {"info": info, "results": results}
-    if args.components:
-        report["components"] = bench_components(prior, args, allowed, repeat=max(args.steps, 5))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
     return report
 
 

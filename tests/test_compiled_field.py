@@ -89,6 +89,16 @@ def test_field_with_the_compiled_source_gives_the_same_samples():
         torch.testing.assert_close(getattr(b, name), getattr(a, name), atol=1e-5, rtol=1e-4)
 
 
+def test_active_levels_follow_set_active_levels_and_checkpoints():
+    reference, grid = twin_grids(compile=False)
+    points = torch.rand(100, 3, dtype=torch.float64) * 2 - 1
+    assert torch.count_nonzero(grid(points)[:, 2 * 2:]) > 0
+    grid.set_active_levels(2)
+    assert torch.count_nonzero(grid(points)[:, 2 * 2:]) == 0
+    grid.load_state_dict(reference.state_dict())            # a checkpoint with all 6 levels on
+    assert torch.count_nonzero(grid(points)[:, 2 * 5:]) > 0
+
+
 def test_cpu_keeps_the_reference_encoding(monkeypatch):
     assert not compiled_usable("cpu") and isinstance(make_encoding(SMALL, "cpu"), TorchHashGrid)
     assert not isinstance(make_encoding(SMALL, "cpu"), CompiledHashGrid)

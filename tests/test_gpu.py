@@ -1,10 +1,11 @@
-"""CUDA-only checks: Stable Diffusion's fp16 path against fp32, tiny-cuda-nn's hash grid against the PyTorch
-one, and short real training runs. Skipped where PyTorch sees no GPU."""
+"""CUDA-only checks: Stable Diffusion's fp16 path against fp32, CUDA-graph replays against eager calls, the
+compiled field against the eager one, tiny-cuda-nn's hash grid against the PyTorch one, and short real
+training runs. Skipped where PyTorch sees no GPU."""
 import pytest
 import torch
 
 from backend.config import with_preset
-from backend.priors.base import TEXT, UNCOND, View
+from backend.priors.base import NEGATIVE, TEXT, UNCOND, View
 from backend.priors.sd_random import save_random_pipeline
 from backend.priors.stable_diffusion import StableDiffusionPrior
 
@@ -60,11 +61,110 @@ def test_memory_options_keep_the_predictions(sd_folder):
                                      attention_slicing=True, vae_tiling=True, cpu_offload=True)
     assert next(lean.text_encoder.parameters()).device.type == "cpu"
     assert "SlicedAttnProcessor" in lean.describe()["attention"]
+    assert plain.describe()["cuda_graphs"] and not lean.describe()["cuda_graphs"]  # slicing/offload: eager
     view = cuda_view(1)
     z, t = torch.randn(1, 4, 8, 8, device="cuda"), torch.tensor([500], device="cuda")
     for prior in (plain, lean):
         prior.set_prompts(PROMPT)
     assert relative_error(lean.predict_noise(z, t, (TEXT,), view), plain.predict_noise(z, t, (TEXT,), view)) < 1e-3
+
+
+def graphs_and_eager(sd_folder, **options):
+    graphed = StableDiffusionPrior.load(sd_folder, device="cuda", offline=True, **options)
+    eager = StableDiffusionPrior.load(sd_folder, device="cuda", offline=True, cuda_graphs=False, **options)
+    for prior in (graphed, eager):
+        prior.set_prompts(PROMPT, "blurry")
+    assert graphed.describe()["cuda_graphs"] and not eager.describe()["cuda_graphs"]
+    return graphed, eager
+
+
+@pytest.mark.parametrize("conditions", [(TEXT, UNCOND), (TEXT, UNCOND, NEGATIVE)])
+def test_replayed_unet_predictions_match_eager_in_fp16(sd_folder, conditions):
+    graphed, eager = graphs_and_eager(sd_folder)
+    view = cuda_view(2)
+    for seed in range(3):  # fresh inputs each call: the replay must read the new ones
+        generator = torch.Generator(device="cuda").manual_seed(seed)
+        z = torch.randn(2, 4, 8, 8, device="cuda", generator=generator)
+        t = torch.randint(20, 980, (2,), device="cuda", generator=generator)
+        a, b = graphed.predict_noise(z, t, conditions, view), eager.predict_noise(z, t, conditions, view)
+        assert torch.isfinite(a).all() and relative_error(a, b) < 1e-2
+    assert graphed.unet_graphs.replays == 3 and len(graphed.unet_graphs.graphs) == 1
+
+
+def test_captured_sdi_inversion_gives_the_eager_z_for_every_grid_length(sd_folder):
+    from backend.methods import make_method
+    from backend.methods.ddim import ddim_timesteps
+
+    graphed, eager = graphs_and_eager(sd_folder)
+    view = cuda_view(1)
+    x = torch.randn(1, 4, 8, 8, device="cuda")
+    lengths = []
+    for t in [k + 1 for k in ddim_timesteps(10)] + [0]:  # just above each grid point: every grid length
+        z = []
+        for prior in (graphed, eager):
+            method = make_method("sdi", max_steps=100, seed=t)
+            method.setup(prior)
+            grid = method.inversion_grid(t, 5)
+            z.append(method.invert(x, grid, view))
+        lengths.append(len(grid))
+        assert torch.isfinite(z[0]).all() and relative_error(z[0], z[1]) < 1e-2, f"grid {grid}"
+    assert sorted(set(lengths)) == list(range(2, 13))
+    assert len(graphed.unet_graphs.graphs) == 1  # every grid length replays the same graph
+
+
+@pytest.mark.parametrize("vae_channels_last", [False, True])
+def test_replayed_vae_encoder_matches_eager_forward_and_backward(sd_folder, vae_channels_last):
+    graphed, eager = graphs_and_eager(sd_folder, vae_channels_last=vae_channels_last)
+    direction = torch.randn(2, 4, 8, 8, device="cuda")
+    for seed in range(3):
+        rgb = torch.rand(2, 3, 32, 32, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed))
+        results = []
+        for prior in (graphed, eager):
+            render = rgb.clone().requires_grad_(True)
+            x = prior.encode(render)
+            (x * direction).sum().backward()
+            results.append((x.detach(), render.grad))
+        (xa, ga), (xb, gb) = results
+        assert relative_error(xa, xb) < 1e-2 and relative_error(ga, gb) < 2e-2
+    assert graphed.vae_graphs.replays == 3
+    with torch.no_grad():  # no backward to follow: eager, same numbers
+        assert relative_error(graphed.encode(rgb), eager.encode(rgb)) < 1e-2
+    assert graphed.vae_graphs.replays == 3
+
+
+def test_compiled_field_agrees_with_the_eager_reference_on_cuda():
+    from backend.nerf import NeRFSettings
+    from backend.nerf.compiled import CompiledHashGrid
+    from backend.nerf.encoding import TorchHashGrid
+    from backend.nerf.field import Field
+
+    settings = NeRFSettings()
+    torch.manual_seed(0)
+    reference, compiled = Field(settings), Field(settings)
+    compiled.encoding = CompiledHashGrid(settings)
+    assert isinstance(reference.encoding, TorchHashGrid)
+    for table in reference.encoding.tables:
+        table.data.uniform_(-0.1, 0.1)
+    compiled.load_state_dict(reference.state_dict())
+    reference, compiled = reference.cuda(), compiled.cuda()
+    for levels, n in ((8, 50000), (16, 70000)):  # progressive levels and a new sample count: no wrong reuse
+        results = []
+        points = torch.rand(n, 3, device="cuda") * 1.6 - 0.8
+        weight = torch.rand(n, 3, device="cuda")
+        for field in (reference, compiled):
+            field.set_active_levels(levels)
+            field.zero_grad(set_to_none=True)
+            out = field(points)
+            (out.density.sum() + out.albedo.sum() + (out.normal * weight).sum()).backward()
+            results.append((out, [p.grad for p in field.parameters()]))
+        (a, ga), (b, gb) = results
+        for name in ("density", "albedo", "normal"):
+            assert relative_error(getattr(b, name), getattr(a, name)) < 1e-4, name
+        for x, y in zip(ga, gb):
+            assert (x is None) == (y is None)
+            if x is not None:
+                assert relative_error(y, x) < 1e-3
+    assert not compiled.encoding._encode.failed and not compiled.encoding.heads.failed
 
 
 def test_tiny_cuda_nn_hash_grid_agrees_with_the_pytorch_one():

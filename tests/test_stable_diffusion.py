@@ -232,6 +232,17 @@ def test_view_dependent_text_is_chosen_per_camera(prior):
     torch.testing.assert_close(plain[0], plain[3])  # no suffix: every camera gets the plain prompt
 
 
+def test_view_indices_on_the_device_agree_with_view_suffix():
+    from backend.cameras import VIEW_SUFFIXES, view_suffix
+    from backend.priors.stable_diffusion import view_indices
+
+    generator = torch.Generator().manual_seed(0)
+    elevation = torch.cat([torch.rand(2000, generator=generator) * 180 - 90, torch.tensor([60.0, 60.0, 0.0, 0.0])])
+    azimuth = torch.cat([torch.rand(2000, generator=generator) * 1080 - 540, torch.tensor([0.0, 45.0, 135.0, -45.0])])
+    expected = [VIEW_SUFFIXES.index(view_suffix(e, a)) for e, a in zip(elevation.tolist(), azimuth.tolist())]
+    assert view_indices(elevation, azimuth).tolist() == expected
+
+
 # ---- noise prediction --------------------------------------------------------------------------------
 
 def test_one_batched_unet_call_equals_separate_calls(prior):

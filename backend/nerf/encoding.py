@@ -303,6 +303,12 @@ def tcnn_usable(device: torch.device | str | None) -> bool:
 
 
 def make_encoding(settings, device: torch.device | str | None = None) -> nn.Module:
-    """tiny-cuda-nn's encoding on CUDA when it imports, else the PyTorch one, on `device`."""
-    grid = TcnnHashGrid(settings) if tcnn_usable(device) else TorchHashGrid(settings)
+    """tiny-cuda-nn's encoding on CUDA when it imports, else the compiled one on CUDA (compiled.py),
+    else the PyTorch one, on `device`."""
+    from .compiled import CompiledHashGrid, compiled_usable
+
+    if tcnn_usable(device):
+        grid = TcnnHashGrid(settings)
+    else:
+        grid = CompiledHashGrid(settings) if compiled_usable(device) else TorchHashGrid(settings)
     return grid.to(device if device is not None else "cpu")

@@ -74,7 +74,8 @@ class Field(nn.Module):
         if not self.encoding.has_jacobian:              # tiny-cuda-nn: autograd gives the gradient
             return self._forward_autograd(points)
         features, pullback = self.encoding(points, with_jacobian=True)
-        raw, albedo_logits, raw_grad_features = FusedHeads.apply(
+        heads = getattr(self.encoding, "heads", FusedHeads.apply)  # compiled.py brings its own on CUDA
+        raw, albedo_logits, raw_grad_features = heads(
             features, self.hidden_layers.weight, self.density_out.weight, self.albedo_out.weight)
         raw = raw + self.blob(points)
         grad = pullback(raw_grad_features) + self._blob_grad(points)     # chain rule: d raw / d point

@@ -10,7 +10,8 @@ from .base import CONDITIONS, NEGATIVE, NFSD_NEGATIVE_PROMPT, TEXT, UNCOND, Nois
 SHAPES = "shapes"
 
 
-SD_OPTIONS = ("perp_neg", "latent_mode", "attention_slicing", "vae_tiling", "cpu_offload")
+SD_OPTIONS = ("perp_neg", "latent_mode", "attention_slicing", "vae_tiling", "cpu_offload", "cuda_graphs",
+              "vae_channels_last")
 
 
 def load_prior(name: str, device: torch.device | str = "cpu", resolution: int = 64, offline: bool = False,

@@ -8,6 +8,11 @@ Gradients flow from x into the render through the VAE encoder, never through the
 weights are float16, the UNet runs channels-last with PyTorch's SDPA attention (diffusers' default
 AttnProcessor2_0); on the CPU everything is float32.
 
+On CUDA the UNet call and the VAE encoder's forward + backward replay from CUDA graphs (cuda_graphs.py),
+one per input shape, unless `cuda_graphs=False` or a memory option (attention slicing, VAE tiling,
+cpu_offload) is on; then they run eagerly. `vae_channels_last` runs the VAE encoder channels-last
+(bench/gpu_check.sh measures it both ways: docs/gpu.md).
+
 "rgb" mode: the NeRF renders 3 channels but SD latents have 4, so the render goes through a fixed
 per-pixel affine map A, fitted by least squares to the VAE's latents of flat colours when the model
 loads (the linear latent previews of SD front-ends, run backwards). It costs a resize and a 4x4 matrix.
@@ -24,9 +29,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..cameras import VIEW_SUFFIXES, view_suffix
+from ..cameras import VIEW_SUFFIXES
 from ..errors import UserError
 from .base import CONDITIONS, NEGATIVE, TEXT, UNCOND, Prior, View
+from .cuda_graphs import GraphedFunction
 from .sd_loading import DEFAULT_MODEL, load_components, model_schedule, resolve_folder, weights_hash
 from .sd_perp_neg import perp_neg_text, view_mixture
 
@@ -45,6 +51,7 @@ class StableDiffusionPrior(Prior):
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, *, device: torch.device | str = "cpu",
                  dtype: torch.dtype | None = None, latent_mode: str = "vae", attention_slicing: bool = False,
                  vae_tiling: bool = False, cpu_offload: bool = False, perp_neg: bool = False,
+                 cuda_graphs: bool = True, vae_channels_last: bool = False,
                  model_id: str = "in-memory", weights_sha256: str | None = None):
         """Take loaded diffusers/transformers components (e.g. sd_random's) and place them on `device`."""
         _check_latent_mode(latent_mode)
@@ -69,6 +76,7 @@ class StableDiffusionPrior(Prior):
         self.vae = _place(vae, self.device, self.dtype)
         if vae_tiling:
             self.vae.enable_tiling()
+        self.set_vae_channels_last(vae_channels_last)
         # cpu_offload: the text encoder (0.7 GB in fp16 for SD 2.x) stays on the CPU; prompts are encoded
         # once per run and cached on the device, so this costs a second or so per new prompt set.
         self.text_device = torch.device("cpu") if cpu_offload else self.device
@@ -84,6 +92,15 @@ class StableDiffusionPrior(Prior):
         self.rgb_to_latent = self._fit_rgb_to_latent() if latent_mode == "rgb" else None
 
         self._embeddings: dict[str, torch.Tensor] = {}  # prompt -> [L, D] on the device, model dtype
+        self._abar = self.schedule.alphas_cumprod.to(self.device, torch.float32)  # read by t on the device
+
+        # Graphs need the whole model resident and a fixed kernel sequence: slicing, tiling and offloading
+        # change either, so those run eagerly.
+        graphs = cuda_graphs and self.device.type == "cuda" and not (attention_slicing or cpu_offload)
+        self.unet_graphs = GraphedFunction(self._unet_eps, enabled=graphs, name="the UNet")
+        self.vae_graphs = GraphedFunction(self._vae_mean, enabled=graphs and not vae_tiling, autograd=True,
+                                          name="the VAE encoder")
+        self.unet_calls = 0  # batched UNet calls made (replayed or eager), for bench_sd
         self.prompt: str | None = None
         self.negative: str | None = None
         self.view_dependent = True
@@ -91,7 +108,8 @@ class StableDiffusionPrior(Prior):
     @classmethod
     def load(cls, name_or_path: str = DEFAULT_MODEL, device: torch.device | str = "cpu", offline: bool = False,
              dtype: torch.dtype | None = None, latent_mode: str = "vae", attention_slicing: bool = False,
-             vae_tiling: bool = False, cpu_offload: bool = False, perp_neg: bool = False) -> "StableDiffusionPrior":
+             vae_tiling: bool = False, cpu_offload: bool = False, perp_neg: bool = False, cuda_graphs: bool = True,
+             vae_channels_last: bool = False) -> "StableDiffusionPrior":
         """Load a Hub id (downloaded to the HF cache on first use, unless offline) or a local diffusers folder."""
         _check_latent_mode(latent_mode)  # before the slow part
         device = torch.device(device)
@@ -100,7 +118,8 @@ class StableDiffusionPrior(Prior):
         components = load_components(folder, dtype)
         return cls(**components, device=device, dtype=dtype, latent_mode=latent_mode,
                    attention_slicing=attention_slicing, vae_tiling=vae_tiling, cpu_offload=cpu_offload,
-                   perp_neg=perp_neg, model_id=str(name_or_path), weights_sha256=weights_hash(Path(folder)))
+                   perp_neg=perp_neg, cuda_graphs=cuda_graphs, vae_channels_last=vae_channels_last,
+                   model_id=str(name_or_path), weights_sha256=weights_hash(Path(folder)))
 
     # ---- prompts -------------------------------------------------------------------------------
 
@@ -155,9 +174,9 @@ class StableDiffusionPrior(Prior):
             raise ValueError(f"unknown condition {condition!r}: use one of {CONDITIONS}")
         if not self.view_dependent or view is None:
             return self._embedding(self.prompt).expand(batch, -1, -1)
-        # DreamFusion's view-dependent prompt: each camera picks its own suffix.
-        suffixes = [view_suffix(e, a) for e, a in zip(view.cameras.elevation.tolist(), view.cameras.azimuth.tolist())]
-        return torch.stack([self._embedding(self._view_prompt(s)) for s in suffixes])
+        # DreamFusion's view-dependent prompt: each camera picks its own suffix, chosen on the device (no sync).
+        views = torch.stack([self._embedding(self._view_prompt(s)) for s in VIEW_SUFFIXES])   # [4, L, D]
+        return views[view_indices(view.cameras.elevation, view.cameras.azimuth).to(self.device)]
 
     def _perp_neg_embeddings(self, view: View) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per camera: the interpolated positive embedding [B, L, D], the two negative view embeddings
@@ -170,6 +189,11 @@ class StableDiffusionPrior(Prior):
         weights = torch.tensor([m[2] for m in mixtures], device=self.device)
         return positive, negatives, weights
 
+    def set_vae_channels_last(self, on: bool) -> None:
+        """Run the VAE (weights and input) channels-last, on CUDA only (where cuDNN has kernels for it)."""
+        self.vae_channels_last = on and self.device.type == "cuda"
+        self.vae.to(memory_format=torch.channels_last if self.vae_channels_last else torch.contiguous_format)
+
     # ---- latents -------------------------------------------------------------------------------
 
     def encode(self, rgb: torch.Tensor) -> torch.Tensor:
@@ -178,10 +202,15 @@ class StableDiffusionPrior(Prior):
             small = _resize(rgb, self.latent_shape[1])
             weight, bias = self.rgb_to_latent[:, :3], self.rgb_to_latent[:, 3, None, None]
             return torch.einsum("ck,bkhw->bchw", weight, small) + bias
-        image = _resize(rgb, self.render_resolution) * 2.0 - 1.0
+        image = (_resize(rgb, self.render_resolution) * 2.0 - 1.0).to(self.dtype)
+        if self.vae_channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        latents = self.vae_graphs(image)
+        return latents.float() * self.scaling_factor  # a copy: the graph's output buffer is reused next call
+
+    def _vae_mean(self, image: torch.Tensor) -> torch.Tensor:
         # The posterior mean, not a sample: the VAE's posterior std is tiny and a sample adds only jitter.
-        latents = self.vae.encode(image.to(self.dtype)).latent_dist.mean
-        return latents.float() * self.scaling_factor
+        return self.vae.encode(image).latent_dist.mean
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:
@@ -226,16 +255,20 @@ class StableDiffusionPrior(Prior):
         latents = z.to(self.dtype).repeat(k, 1, 1, 1)
         if self.device.type == "cuda":
             latents = latents.contiguous(memory_format=torch.channels_last)
-        out = self.unet(latents, t.repeat(k), encoder_hidden_states=torch.cat(embeddings)).sample
+        out = self.unet_graphs(latents, t.repeat(k), torch.cat(embeddings))
+        self.unet_calls += 1
         out = out.float().reshape(k, *z_t.shape)
         if self.prediction_type == "v_prediction":  # v = a_t eps - s_t x0  =>  eps = a_t v + s_t z_t
-            a, s = self.schedule.a_s(t, out[0])
-            out = a * out + s * z[None]
+            abar = self._abar[t].reshape(-1, 1, 1, 1)
+            out = abar.sqrt() * out + (1.0 - abar).sqrt() * z[None]
 
         if perp_neg:
             i_text, i_uncond = names.index(TEXT), names.index(UNCOND)
             out[i_text] = perp_neg_text(out[i_uncond], out[i_text], out[len(names):], weights)
         return out[:len(conditions)].to(z_t)  # on the caller's device and dtype
+
+    def _unet_eps(self, latents: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.unet(latents, t, encoder_hidden_states=embeddings).sample
 
     def describe(self) -> dict:
         attention = sorted({type(p).__name__ for p in self.unet.attn_processors.values()})
@@ -243,11 +276,22 @@ class StableDiffusionPrior(Prior):
                 "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
                 "latent_mode": self.latent_mode, "latent_shape": list(self.latent_shape),
                 "render_resolution": self.render_resolution, "prediction_type": self.prediction_type,
-                "perp_neg": self.perp_neg, "attention": attention, "cpu_offload": self.cpu_offload}
+                "perp_neg": self.perp_neg, "attention": attention, "cpu_offload": self.cpu_offload,
+                "cuda_graphs": self.unet_graphs.enabled, "vae_channels_last": self.vae_channels_last}
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def view_indices(elevation: torch.Tensor, azimuth: torch.Tensor) -> torch.Tensor:
+    """cameras.view_suffix as tensor maths: the VIEW_SUFFIXES index [B] of each camera, computed where the
+    angles are (reading them on the host would wait for the GPU). tests check the two agree."""
+    azimuth = ((azimuth + 180.0) % 360.0 - 180.0).abs()
+    index = torch.full_like(azimuth, VIEW_SUFFIXES.index("side view"), dtype=torch.long)
+    index = torch.where(azimuth < 45.0, VIEW_SUFFIXES.index("front view"), index)
+    index = torch.where(azimuth > 135.0, VIEW_SUFFIXES.index("back view"), index)
+    return torch.where(elevation > 60.0, VIEW_SUFFIXES.index("overhead view"), index)
 
 
 def _check_latent_mode(latent_mode: str) -> None:

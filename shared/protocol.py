@@ -78,7 +78,7 @@ REQUEST_FIELDS: dict[str, Field] = {
     "view_dependent": Field("bool", True, help='append "front view" etc. to the prompt'),
     "offline": Field("bool", False, help="never touch the network when loading a model"),
     "prior_options": Field("options", {}, help="Stable Diffusion options: perp_neg, latent_mode, attention_slicing, "
-                                                "vae_tiling, cpu_offload"),
+                                                "vae_tiling, cpu_offload, cuda_graphs, vae_channels_last"),
     "lr": Field("float", 0.01, 1e-8, 10.0),
     "background_lr": Field("float", 0.001, 0.0, 10.0),
     "batch_size": Field("int", 1, 1, 64),

@@ -2,9 +2,11 @@
 import torch
 
 from backend.cameras import sample_cameras, sample_light_positions
+from backend.nerf import NeRFSettings
 from backend.priors.base import View
 
 PROMPT = "a red cube"
+SMALL = NeRFSettings(hash_levels=6, log2_table=12, base_resolution=4, per_level_scale=2.0, levels_start=6)  # a fast field
 
 
 def random_view(n, size=16, seed=0):

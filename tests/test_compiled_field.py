@@ -10,7 +10,7 @@ from backend.nerf.encoding import TorchHashGrid, make_encoding
 from backend.nerf.field import Field
 from backend.nerf.heads import FusedHeads
 
-from .test_nerf import SMALL
+from tests.helpers import SMALL
 
 
 def twin_grids(compile: bool, dtype=torch.float64, active=None):

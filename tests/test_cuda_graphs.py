@@ -14,7 +14,9 @@ from backend.priors import load_prior
 from backend.priors.cuda_graphs import Captured, GraphedFunction, signature
 from backend.priors.stable_diffusion import StableDiffusionPrior
 
-from .test_stable_diffusion import PROMPT, one_thread, random_view, sd_folder  # noqa: F401 - fixtures
+from tests.helpers import PROMPT, random_view
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rerun_capture(fn, args, pool=None):

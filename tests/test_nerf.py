@@ -15,10 +15,10 @@ from backend.errors import UserError
 from backend.nerf import NeRFModel, NeRFSettings
 from backend.nerf.encoding import PRIMES, TorchHashGrid, make_encoding
 from backend.nerf.heads import FusedHeads
+from tests.helpers import SMALL
 from backend.shading import AMBIENT
 
 # Small grid: levels 0-1 are dense ((N+1)^3 <= 2^12), levels 2-5 are hashed.
-SMALL = NeRFSettings(hash_levels=6, log2_table=12, base_resolution=4, per_level_scale=2.0, levels_start=6)
 
 
 def slow_encoding(grid: TorchHashGrid, point: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,10 @@ def save_checkpoint(path: Path, **state: Any) -> Path:
     return write_with(path, lambda temp: torch.save({"format": FORMAT, **state}, temp))
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
+                    if_corrupt: str = "delete it and run again") -> dict[str, Any]:
+    """The saved state. `if_corrupt` is the advice in the error for a corrupt file: the caller knows
+    what its user can do (e.g. the CLI's "start the run again without --resume")."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
@@ -31,7 +34,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated file, not a torch file, or an unsafe pickle
         raise UserError(f"checkpoint {path} is corrupt or not a Distill3D checkpoint ({type(error).__name__}): "
-                        "delete it, or start the run again without --resume") from None
+                        f"{if_corrupt}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a Distill3D checkpoint (format {FORMAT} expected): "
                         "give the checkpoint.pt written by `python -m backend generate`")

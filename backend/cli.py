@@ -94,10 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="re-export the mesh from a checkpoint with other settings")
     exp.add_argument("checkpoint", type=Path, help="a run's checkpoint.pt (or its folder)")
     exp.add_argument("--out", type=Path, help="output folder (default: the checkpoint's folder)")
-    exp.add_argument("--resolution", type=int, default=256, help="density grid size")
-    exp.add_argument("--threshold", type=float, help="density threshold (default 25)")
-    exp.add_argument("--faces", type=int, default=50_000, help="face budget")
-    exp.add_argument("--texture-size", type=int, default=1024)
+    # every default: the setting the run was trained with (its saved config)
+    exp.add_argument("--resolution", type=int, help="density grid size (default: the run's)")
+    exp.add_argument("--threshold", type=float, help="density level of the surface (default: the run's)")
+    exp.add_argument("--faces", type=int, help="face budget (default: the run's)")
+    exp.add_argument("--texture-size", type=int, help="texture width = height in pixels (default: the run's)")
+    exp.add_argument("--smooth", action=argparse.BooleanOptionalAction,
+                     help="Taubin-smooth before decimating (default: the run's)")
 
     sub.add_parser("serve", help="run the ZeroMQ server for the Blender add-on (see --help there)", add_help=False)
     return parser
@@ -176,13 +179,15 @@ def cmd_compare(args) -> int:
 
 def cmd_export(args) -> int:
     from .checkpoint import load_model
-    from .export import export_mesh
+    from .export import export_mesh, settings_of
 
-    model, _ = load_model(args.checkpoint)
+    model, config = load_model(args.checkpoint)
     ckpt = args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent
     out = args.out or ckpt
-    result = export_mesh(model, out, resolution=args.resolution, threshold=args.threshold, face_budget=args.faces,
-                         texture_size=args.texture_size)
+    flags = dict(resolution=args.resolution, threshold=args.threshold, face_budget=args.faces,
+                 texture_size=args.texture_size, smooth=args.smooth)
+    settings = {**settings_of(config), **{k: v for k, v in flags.items() if v is not None}}
+    result = export_mesh(model, out, **settings)
     for name, path in sorted(result.paths.items()):
         print(f"  {name:12s} {path}")
     print(json.dumps(result.stats, indent=1, default=str))

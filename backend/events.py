@@ -29,7 +29,7 @@ class Preview:
 @dataclass
 class CoarseMesh:
     step: int
-    vertices: np.ndarray  # [V, 3] float32, backend world (Z up)
+    vertices: np.ndarray  # [V, 3] float32, glTF frame (+Y up, front +Z; docs/frames.md)
     faces: np.ndarray     # [F, 3] int32
     colors: np.ndarray    # [V, 3] uint8
 

@@ -6,11 +6,15 @@ can be measured: volume IoU (64^3) and Chamfer distance (4000 points a side, so 
 sampling floor) against the shape, mean |sdf| at points on the mesh (its distance to the true
 surface), mean RGB error of the texture read back at random surface points against the object's
 albedo (patterns have sharp edges, so a little error is expected there). --nerf adds an untrained hash-grid NeRF (its initial density blob), whose
-per-point cost is what a trained model costs. Each export is rendered to bench/out/export_*.png from
+per-point cost is what a trained model costs. --lattice adds a lattice of thin rods (thinner than
+a few grid cells, like a NeRF's thin parts), which quadric decimation squeezes into back-to-back faces
+and edges with more than 2 faces: the case the manifold mending is for. Each file is measured for
+size (GLB kB), Khronos glTF Validator errors (npm gltf-validator, installed into .cache/ on first use;
+"-" without node) and watertightness after merging positions. Each export is rendered to bench/out/export_*.png from
 the file it wrote (a small z-buffered software render of the GLB, texture and Lambert shading).
 
     python bench/bench_export.py                      # sphere + checkered torus at 128^3 and 256^3
-    python bench/bench_export.py --resolutions 128 --nerf
+    python bench/bench_export.py --resolutions 128 --nerf --lattice
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from backend.export import export_mesh, mesh_occupancy  # noqa: E402
 from backend.export.raster import rasterize_triangles  # noqa: E402
 from backend.export.readback import load_asset, texture_color  # noqa: E402
 from backend.priors.shapes_world import CatalogObject  # noqa: E402
+from tests import gltf_validator  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -55,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--texture-size", type=int, default=1024)
     parser.add_argument("--faces", type=int, default=50_000)
     parser.add_argument("--nerf", action="store_true", help="also export an untrained NeRF's density blob")
+    parser.add_argument("--lattice", action="store_true", help="also export a lattice of thin rods")
     parser.add_argument("--smooth", action="store_true", help="Taubin-smooth before decimating")
     parser.add_argument("--no-render", action="store_true")
     return parser.parse_args(argv)
@@ -109,6 +115,13 @@ def run_case(name: str, field, resolution: int, args, measure: bool) -> dict:
         mesh = load_asset(result.paths["mesh.glb"])
         row = dict(name=name, res=resolution, total=total, **result.stats)
         row["query_frac"] = result.stats["density_queries"] / resolution ** 3
+        row["glb_kb"] = result.paths["mesh.glb"].stat().st_size / 1024
+        welded = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+        welded.merge_vertices(merge_tex=True, merge_norm=True)
+        row["merged_watertight"] = bool(welded.is_watertight)
+        if gltf_validator.unavailable() is None:
+            report = gltf_validator.validate(result.paths["mesh.glb"])[0]
+            row["gltf_errors"], row["gltf_codes"] = report["errors"], report["codes"]
         if measure:
             row.update(accuracy(field, mesh))
         if not args.no_render:
@@ -117,6 +130,23 @@ def run_case(name: str, field, resolution: int, args, measure: bool) -> dict:
             Image.fromarray(render(mesh)).save(path)
             row["picture"] = str(path.relative_to(OUT.parent.parent))
     return row
+
+
+class LatticeField:
+    """Rods along x, y and z every 0.2 (radius 0.015, under a cell at 128^3) inside a ball of 0.7;
+    density crosses 25 on the surface, albedo a smooth gradient."""
+
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        rods = []
+        for axis in range(3):
+            q = points.clone()
+            q[:, axis] = 0.0
+            rods.append((torch.remainder(q + 0.1, 0.2) - 0.1).norm(dim=-1) - 0.015)
+        sdf = torch.maximum(torch.stack(rods).amin(dim=0), points.norm(dim=-1) - 0.7)
+        return 100.0 * torch.sigmoid(-sdf / 0.02 - math.log(3.0))
+
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
+        return 0.5 + 0.4 * torch.tanh(points)
 
 
 class BlobNeRF:
@@ -140,12 +170,19 @@ def main(argv=None) -> int:
         for resolution in args.resolutions:
             rows.append(run_case(prompt, field, resolution, args, measure=True))
             print_row(rows[-1], header=len(rows) == 1)
+    if args.lattice:
+        for resolution in args.resolutions:
+            rows.append(run_case("rod lattice", LatticeField(), resolution, args, measure=False))
+            print_row(rows[-1], header=not rows[:-1])
     if args.nerf:
         rows.append(run_case("untrained nerf", BlobNeRF(), min(args.resolutions), args, measure=False))
         print_row(rows[-1], header=not rows[:-1])
     print("\nseconds per stage:")
     for row in rows:
         print(f"  {row['name']:>20s} {row['res']:4d}^3  " + "  ".join(f"{k} {v:.2f}" for k, v in row["seconds"].items()))
+    for row in rows:
+        if row.get("gltf_codes"):
+            print(f"  validator errors, {row['name']} {row['res']}^3: {row['gltf_codes']}")
     for row in rows:
         if "picture" in row:
             print(f"  picture: {row['picture']}")
@@ -155,12 +192,14 @@ def main(argv=None) -> int:
 def print_row(row: dict, header: bool) -> None:
     if header:
         print(f"{'object':>20s} {'grid':>6s} {'total s':>8s} {'queried':>8s} {'faces':>7s} {'fill':>6s} "
-              f"{'charts':>6s} {'IoU':>6s} {'chamfer':>8s} {'|sdf|':>8s} {'tex err':>8s} {'watertight':>10s}")
+              f"{'charts':>6s} {'IoU':>6s} {'chamfer':>8s} {'|sdf|':>8s} {'tex err':>8s} {'watertight':>10s} "
+              f"{'merged wt':>9s} {'GLB kB':>7s} {'glTF err':>8s}")
     def fmt(key: str, spec: str) -> str:
         return format(row[key], spec) if key in row else "-"
     print(f"{row['name']:>20s} {row['res']:>4d}^3 {row['total']:8.2f} {row['query_frac']:8.1%} {row['faces']:7d} "
           f"{row['texture_fill']:6.1%} {row['uv_charts']:6d} {fmt('iou', '6.4f'):>6s} {fmt('chamfer', '8.5f'):>8s} {fmt('distance', '8.5f'):>8s} "
-          f"{fmt('tex_err', '8.4f'):>8s} {str(row['watertight']):>10s}", flush=True)
+          f"{fmt('tex_err', '8.4f'):>8s} {str(row['watertight']):>10s} {str(row['merged_watertight']):>9s} "
+          f"{row['glb_kb']:7.0f} {fmt('gltf_errors', 'd'):>8s}", flush=True)
 
 
 if __name__ == "__main__":

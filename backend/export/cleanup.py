@@ -1,4 +1,5 @@
-"""From a raw marching-cubes surface to an asset mesh: drop floaters, optionally smooth, decimate."""
+"""From a raw marching-cubes surface to an asset mesh: drop floaters, optionally smooth, decimate,
+mend to a closed manifold (manifold.py)."""
 from __future__ import annotations
 
 import fast_simplification
@@ -6,6 +7,7 @@ import numpy as np
 import trimesh
 
 from ..errors import UserError
+from .manifold import make_manifold
 
 
 def as_mesh(vertices: np.ndarray, faces: np.ndarray) -> trimesh.Trimesh:
@@ -38,12 +40,24 @@ def smooth(mesh: trimesh.Trimesh, iterations: int = 10) -> trimesh.Trimesh:
 
 
 def decimate(mesh: trimesh.Trimesh, face_budget: int) -> trimesh.Trimesh:
-    """Quadric edge-collapse simplification (Garland & Heckbert 1997) down to face_budget faces."""
-    if len(mesh.faces) <= face_budget:
-        return mesh
-    vertices, faces = fast_simplification.simplify(mesh.vertices, mesh.faces.astype(np.int32),
-                                                   target_count=int(face_budget))
-    mesh = as_mesh(vertices, faces)
+    """Quadric edge-collapse simplification (Garland & Heckbert 1997) down to face_budget faces, then
+    mended (see `mend`). The mending may add a few faces beyond the budget where it closes holes."""
+    if len(mesh.faces) > face_budget:
+        vertices, faces = fast_simplification.simplify(mesh.vertices, mesh.faces.astype(np.int32),
+                                                       target_count=int(face_budget))
+        mesh = as_mesh(vertices, faces)
+    mesh = mend(mesh)
     if len(mesh.faces) == 0:
-        raise UserError(f"decimating to {face_budget} faces left nothing; raise --face-budget")
+        raise UserError(f"decimating to {face_budget} faces left nothing; raise --faces")
+    return mesh
+
+
+def mend(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """The mesh as a closed 2-manifold with no coincident faces (manifold.make_manifold): what quadric
+    decimation breaks in thin parts, after merging vertices by position."""
+    vertices, faces = make_manifold(mesh.vertices, mesh.faces)
+    if len(faces) == len(mesh.faces) and len(vertices) == len(mesh.vertices) and np.array_equal(faces, mesh.faces):
+        return mesh
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    mesh.remove_unreferenced_vertices()
     return mesh

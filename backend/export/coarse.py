@@ -1,4 +1,5 @@
-"""A quick vertex-colored proxy of the field for the live view during training (no cleanup, no UVs)."""
+"""A quick vertex-colored proxy of the field for the live view during training (no UVs), in glTF's
+frame like the final mesh, so the add-on places both the same way (docs/frames.md)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,13 +7,14 @@ import numpy as np
 from ..errors import UserError
 from .cleanup import as_mesh, decimate
 from .extract import DEFAULT_CHUNK, DEFAULT_THRESHOLD, marching_cubes
+from .frames import to_gltf
 from .grid import density_grid
 from .uv_bake import vertex_colors
 
 
 def coarse_mesh(field, resolution: int = 64, threshold: float | None = None, bound: float = 1.0,
                 chunk: int = DEFAULT_CHUNK, face_budget: int = 10_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(vertices float32 [V, 3] in the backend world, faces int32 [F, 3], colors uint8 [V, 3]).
+    """(vertices float32 [V, 3] in glTF's frame (+Y up, front +Z), faces int32 [F, 3], colors uint8 [V, 3]).
     A field with no surface yet (early in training) gives empty arrays rather than an error.
     Decimated to face_budget: a noisy early field gives 100k+ faces, which made each live update in
     Blender take 100-180 ms (bench_addon); at 10k it is about 3 ms."""
@@ -24,4 +26,4 @@ def coarse_mesh(field, resolution: int = 64, threshold: float | None = None, bou
     except UserError:
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32), np.zeros((0, 3), np.uint8)
     vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
-    return vertices.astype(np.float32), faces.astype(np.int32), vertex_colors(field, vertices, chunk)
+    return to_gltf(vertices).astype(np.float32), faces.astype(np.int32), vertex_colors(field, vertices, chunk)

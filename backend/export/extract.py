@@ -13,7 +13,7 @@ import torch
 
 from ..errors import UserError
 
-DEFAULT_THRESHOLD = 25.0   # METHODS.md "Export": marching cubes at softplus density 25
+DEFAULT_THRESHOLD = 25.0   # docs/export.md: marching cubes at softplus density 25 (a long GPU run's level)
 DEFAULT_CHUNK = 1 << 18    # points per field query
 
 

@@ -1,10 +1,7 @@
 """The asset on disk: mesh.glb (PBR material, base-color texture embedded) and mesh.obj + mesh.mtl +
-texture.png, both in glTF's frame: +Y up, the asset's front toward +Z.
-
-Backend (x, y, z) -> glTF (X, Y, Z) = (y, z, x), a rotation (a cyclic permutation, det +1): the
-backend's up +Z becomes +Y and its front +X becomes +Z. Blender's glTF importer, and its OBJ importer
-with its defaults (forward -Z, up Y), turn that into Blender (X, Y, Z) = (y, -x, z): front toward -Y,
-which is Blender's front view.
+texture.png, both in glTF's frame: +Y up, the asset's front toward +Z (the caller converts with
+frames.to_gltf; docs/frames.md). Blender's glTF importer, and its OBJ importer with its defaults
+(forward -Z, up Y), put the front toward -Y, which is Blender's front view.
 """
 from __future__ import annotations
 
@@ -20,11 +17,6 @@ from ..fileio import write_atomic
 
 GLB, OBJ, MTL, TEXTURE = "mesh.glb", "mesh.obj", "mesh.mtl", "texture.png"
 MATERIAL = "albedo"
-
-
-def to_y_up(points: np.ndarray) -> np.ndarray:
-    """Backend world (Z up, front +X) -> glTF (Y up, front +Z): (x, y, z) -> (y, z, x)."""
-    return np.asarray(points)[:, [1, 2, 0]]
 
 
 @dataclass

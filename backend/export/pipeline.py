@@ -1,8 +1,8 @@
 """export_mesh: a trained field -> a textured, decimated, Blender-ready mesh on disk.
 
 density grid, queried near the surface only (grid) -> marching cubes (extract) -> drop floaters,
-smooth, decimate (cleanup) -> xatlas UVs and a CPU albedo bake (uv_bake) -> GLB + OBJ/MTL/PNG in
-glTF's frame (files).
+smooth, decimate, mend to a closed manifold (cleanup, manifold) -> xatlas UVs and a CPU albedo bake (uv_bake) -> GLB + OBJ/MTL/PNG in
+glTF's frame (frames, files).
 """
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ import numpy as np
 from ..errors import UserError
 from . import cleanup
 from .extract import DEFAULT_CHUNK, DEFAULT_THRESHOLD, marching_cubes
-from .files import Asset, to_y_up, write_asset
+from .files import Asset, write_asset
+from .frames import to_gltf
 from .grid import density_grid
+from .manifold import unit_normals
 from .uv_bake import bake_albedo, unwrap, vertex_colors
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,13 @@ class _Stopwatch:
         now = time.perf_counter()
         self.seconds[stage] = round(now - self._last, 4)
         self._last = now
+
+
+def settings_of(config) -> dict:
+    """export_mesh's settings saved in a run's GenerateConfig: what `generate` exported with, and what
+    `python -m backend export CHECKPOINT` uses unless a flag says otherwise."""
+    return dict(resolution=config.mesh_resolution, threshold=config.mesh_threshold, face_budget=config.face_budget,
+                texture_size=config.texture_size, smooth=config.mesh_smooth)
 
 
 def export_mesh(field, out_dir, resolution: int = 256, threshold: float | None = None,
@@ -69,22 +78,23 @@ def export_mesh(field, out_dir, resolution: int = 256, threshold: float | None =
     watertight = bool(mesh.is_watertight)
     clock.lap("decimate")
 
-    positions, normals = np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals)
+    positions, normals = np.asarray(mesh.vertices), unit_normals(mesh)
     atlas = unwrap(positions, np.asarray(mesh.faces), normals, texture_size)
     clock.lap("uv")
     if atlas is not None:
         texture, fill = bake_albedo(field, positions[atlas.vertex_map], atlas.faces, atlas.uv, texture_size, chunk)
-        asset = Asset(to_y_up(positions[atlas.vertex_map]), atlas.faces, to_y_up(normals[atlas.vertex_map]),
+        asset = Asset(to_gltf(positions[atlas.vertex_map]), atlas.faces, to_gltf(normals[atlas.vertex_map]),
                       uv=atlas.uv, texture=texture)
     else:
         fill = 0.0
-        asset = Asset(to_y_up(positions), np.asarray(mesh.faces), to_y_up(normals),
+        asset = Asset(to_gltf(positions), np.asarray(mesh.faces), to_gltf(normals),
                       colors=vertex_colors(field, positions, chunk))
     clock.lap("bake")
     paths = write_asset(asset, out_dir)
     clock.lap("write")
 
-    stats = dict(faces=len(asset.faces), vertices=len(asset.vertices), threshold=threshold,
+    stats = dict(faces=len(asset.faces), vertices=len(asset.vertices), threshold=threshold, resolution=resolution,
+                 face_budget=face_budget, texture_size=texture_size, smooth=smooth,
                  uv_ok=atlas is not None, uv_charts=atlas.charts if atlas else 0, texture_fill=round(fill, 4),
                  watertight=watertight, components_dropped=dropped, density_queries=queried, seconds=clock.seconds,
                  total_seconds=round(sum(clock.seconds.values()), 3))

@@ -6,13 +6,15 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from .frames import from_gltf
+
 
 def load_asset(path: Path) -> trimesh.Trimesh:
-    """mesh.glb or mesh.obj as trimesh loads it, moved back from glTF's (X, Y, Z) = (y, z, x) to the
-    backend's (x, y, z). UVs, material and texture stay as loaded (trimesh's UVs have v up)."""
+    """mesh.glb or mesh.obj as trimesh loads it, moved back from glTF's frame to the backend's
+    (frames.from_gltf). UVs, material and texture stay as loaded (trimesh's UVs have v up)."""
     loaded = trimesh.load(path, process=False)
     mesh = loaded if isinstance(loaded, trimesh.Trimesh) else next(iter(loaded.geometry.values()))
-    mesh.vertices = np.asarray(mesh.vertices)[:, [2, 0, 1]]
+    mesh.vertices = from_gltf(mesh.vertices)
     return mesh
 
 

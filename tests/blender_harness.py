@@ -40,7 +40,7 @@ ADDON = f"bl_ext.{REPO}.distill3d"
 # few faces is quick (a noisy 50k-face mesh takes xatlas ~30 s). The tests check plumbing, not quality.
 STEPS = 20
 FAST = json.dumps({"resolution": 24, "hash_log2_table": 12, "hash_levels": 8, "hash_levels_start": 4,
-                   "max_samples_per_ray": 64, "lr": 0.2, "face_budget": 2000})
+                   "max_samples_per_ray": 64, "face_budget": 2000})
 JOB_TIMEOUT_S = 600.0  # generous: the CI machine is shared
 
 

@@ -588,3 +588,19 @@ def test_unit_normals_never_zero():
                            process=False)
     assert np.allclose(mesh.vertex_normals, 0.0)
     np.testing.assert_allclose(np.linalg.norm(unit_normals(mesh), axis=1), 1.0)
+
+
+def test_mending_that_gives_up_keeps_the_mesh_without_coincident_faces(monkeypatch):
+    """If make_manifold cannot close a mesh, the export goes on with the mesh minus its back-to-back
+    pairs (which give zero normals) instead of failing."""
+    from backend.export import cleanup, manifold
+
+    def give_up(vertices, faces, rounds=10):
+        raise manifold.NotManifold("the mesh is still not a closed manifold after 0 rounds of mending")
+
+    monkeypatch.setattr(cleanup, "make_manifold", give_up)
+    box = trimesh.creation.box()
+    faces = np.vstack([box.faces, box.faces[:1, ::-1]])  # one back-to-back pair on the first face
+    mended = cleanup.mend(trimesh.Trimesh(box.vertices, faces, process=False))
+    assert len(mended.faces) == len(box.faces) - 1
+    assert not any(sorted(f) == sorted(box.faces[0]) for f in mended.faces.tolist())

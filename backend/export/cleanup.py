@@ -2,12 +2,16 @@
 mend to a closed manifold (manifold.py)."""
 from __future__ import annotations
 
+import logging
+
 import fast_simplification
 import numpy as np
 import trimesh
 
 from ..errors import UserError
-from .manifold import make_manifold
+from .manifold import NotManifold, drop_coincident, make_manifold
+
+log = logging.getLogger(__name__)
 
 
 def as_mesh(vertices: np.ndarray, faces: np.ndarray) -> trimesh.Trimesh:
@@ -54,8 +58,13 @@ def decimate(mesh: trimesh.Trimesh, face_budget: int) -> trimesh.Trimesh:
 
 def mend(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     """The mesh as a closed 2-manifold with no coincident faces (manifold.make_manifold): what quadric
-    decimation breaks in thin parts, after merging vertices by position."""
-    vertices, faces = make_manifold(mesh.vertices, mesh.faces)
+    decimation breaks in thin parts, after merging vertices by position. If mending gives up, the
+    mesh keeps its other faces, only the coincident ones go (they are what gives zero normals)."""
+    try:
+        vertices, faces = make_manifold(mesh.vertices, mesh.faces)
+    except NotManifold as error:
+        log.warning("%s: exporting it with only its coincident faces removed", error)
+        vertices, faces = mesh.vertices, drop_coincident(np.asarray(mesh.faces))
     if len(faces) == len(mesh.faces) and len(vertices) == len(mesh.vertices) and np.array_equal(faces, mesh.faces):
         return mesh
     mesh = trimesh.Trimesh(vertices, faces, process=False)

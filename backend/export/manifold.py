@@ -35,7 +35,11 @@ def make_manifold(vertices: np.ndarray, faces: np.ndarray, rounds: int = 10) -> 
             bad = touched[faces].any(axis=1)
         faces = faces[~bad]
         vertices, faces = close_holes(vertices, faces)
-    raise RuntimeError(f"the mesh is still not a closed manifold after {rounds} rounds of mending")
+    raise NotManifold(f"the mesh is still not a closed manifold after {rounds} rounds of mending")
+
+
+class NotManifold(RuntimeError):
+    """make_manifold gave up: the caller keeps the mesh without its coincident faces."""
 
 
 def drop_coincident(faces: np.ndarray) -> np.ndarray:

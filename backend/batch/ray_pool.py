@@ -1,0 +1,125 @@
+"""Running batch items on Ray: one actor per device, each a Worker (worker.py) that keeps its prior
+loaded between items. Ray places the actors (one GPU each with num_gpus=1, CPU actors where the
+cluster has no GPU), restarts an actor whose process dies and retries the item it was running on
+it; the item then resumes from its last checkpoint (Worker.run). Items go to whichever actor is free.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any, Callable
+
+from ..errors import UserError
+from .worker import Worker
+
+LOCAL = "local"
+ITEM_RETRIES = 2                 # an item whose worker process dies is tried 1 + 2 times in all
+OBJECT_STORE_BYTES = 256 << 20   # items return small dicts (files go to disk): a small object store will do
+POLL_S = 1.0                     # how often the driver asks the workers for progress
+
+
+def connect(address: str) -> dict[str, Any]:
+    """Start a local Ray ("local") or join a cluster (an address such as 10.0.0.1:6379, or "auto").
+    Returns what it took: {"ray": address, "ray_start_s": seconds}."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray needs Ray: install it with `python3 build.py demo` (or pip install ray)") from None
+    started = time.perf_counter()
+    common = dict(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
+    try:
+        if address == LOCAL:
+            ray.init(address="local", object_store_memory=OBJECT_STORE_BYTES, **common)
+        else:
+            ray.init(address=address, **common)
+    except (ConnectionError, ValueError, RuntimeError) as error:
+        raise UserError(f"cannot join the Ray cluster at {address!r} ({str(error).splitlines()[0]}): start one with "
+                        "`ray start --head` and pass the address it prints, or use --ray local") from None
+    return {"ray": address, "ray_start_s": time.perf_counter() - started}
+
+
+def actor_options(workers: int | None, items: int) -> tuple[int, dict[str, Any], int | None]:
+    """(number of actors, their Ray resources, torch threads per actor) for this cluster."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    if gpus:
+        if workers and workers > gpus:
+            raise UserError(f"--workers {workers} but the Ray cluster has {gpus} GPU(s): each worker holds one GPU, "
+                            f"so use --workers {gpus} or fewer")
+        count = min(workers or gpus, items)
+        return count, {"num_gpus": 1, "num_cpus": 1}, None
+    if workers and workers > cpus:
+        raise UserError(f"--workers {workers} but the Ray cluster has {cpus} CPU(s) and no GPU: use --workers {cpus} "
+                        "or fewer")
+    count = min(workers or 1, items)
+    threads = max(1, cpus // count)  # the CPUs shared out; torch then uses that many threads per actor
+    return count, {"num_cpus": threads}, threads
+
+
+def run_on_ray(payloads: list[dict], out: str, workers: int | None, on_start: Callable[[str], None],
+               on_outcome: Callable[[dict], None], on_tick: Callable[[dict], None],
+               stop_requested: Callable[[], bool]) -> dict[str, Any]:
+    """Run every payload ({"id", "settings"}) on Ray actors; report through the callbacks. Returns
+    what batch.json records about the workers. Needs connect() first."""
+    import ray
+    from ray.exceptions import RayError
+
+    count, resources, threads = actor_options(workers, len(payloads))
+    actor_class = ray.remote(max_restarts=-1, max_task_retries=ITEM_RETRIES, max_concurrency=2, **resources)(Worker)
+    started = time.perf_counter()
+    actors = [actor_class.remote(threads) for _ in range(count)]
+    identities = ray.get([actor.identity.remote() for actor in actors])
+    info = {"workers": count, "worker_resources": resources, "workers_ready_s": time.perf_counter() - started,
+            "worker_processes": identities}
+
+    queue, idle = deque(payloads), deque(range(count))
+    busy: dict[Any, tuple[int, dict]] = {}         # run() reference -> (actor index, payload)
+    polls: dict[int, Any] = {}                     # actor index -> progress() reference
+    progress: dict[str, dict] = {}
+    stopping = False
+    while queue or busy:
+        if stop_requested() and not stopping:
+            stopping = True
+            queue.clear()  # never started: they stay pending in batch.json
+            for actor in actors:
+                actor.stop.remote()
+        while idle and queue:
+            index, payload = idle.popleft(), queue.popleft()
+            busy[actors[index].run.remote(payload, out)] = (index, payload)
+            on_start(payload["id"])
+        if not busy:
+            break
+        ready, _ = ray.wait(list(busy), num_returns=1, timeout=POLL_S)
+        for reference in ready:
+            index, payload = busy.pop(reference)
+            try:
+                outcome = ray.get(reference)
+            except RayError as error:  # the worker died more often than ITEM_RETRIES allows
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                outcome = {"id": payload["id"], "state": "failed",
+                           "error": f"the worker process was lost {1 + ITEM_RETRIES} times ({first})"}
+            progress.pop(payload["id"], None)
+            on_outcome(outcome)
+            idle.append(index)
+        running, running_ids = {index for index, _ in busy.values()}, {p["id"] for _, p in busy.values()}
+        for index in running - set(polls):
+            polls[index] = actors[index].progress.remote()
+        answered, _ = ray.wait(list(polls.values()), num_returns=len(polls), timeout=0) if polls else ([], [])
+        for index in [i for i, reference in polls.items() if reference in answered]:
+            try:
+                snapshot = ray.get(polls.pop(index))
+            except RayError:
+                continue  # a worker being restarted: its item's progress shows again later
+            if snapshot and snapshot["id"] in running_ids:
+                progress[snapshot["id"]] = snapshot
+        on_tick(progress)
+    return info
+
+
+def disconnect() -> None:
+    import ray
+
+    ray.shutdown()

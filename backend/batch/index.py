@@ -21,6 +21,9 @@ INDEX_FILE = "batch.json"
 # What a single generate writes, in the order a person wants them.
 OUTPUT_FILES = ("report.json", "turntable.png", "mesh.glb", "mesh.obj", "mesh.mtl", "texture.png", "checkpoint.pt")
 STATES = ("pending", "running", "done", "failed", "invalid")
+# What an item's batch_item.json (worker.py) adds to its batch.json entry.
+STATUS_KEYS = ("attempt", "worker", "resumed_from_step", "prior_load_s", "prior_reused", "train_s", "wall_s",
+               "steps_done", "metrics", "error", "started", "finished", "export_error")
 
 
 def iso(seconds: float | None) -> str | None:
@@ -47,8 +50,8 @@ class BatchIndex:
         by an earlier run, or resumed alone), resumable when a checkpoint is."""
         record, folder = self.items[item_id], self.out / item_id
         status = read_status(folder)
-        for key in ("attempt", "worker", "resumed_from_step", "prior_load_s", "train_s", "wall_s", "steps_done",
-                    "metrics", "error", "started", "finished", "export_error"):
+        for key in STATUS_KEYS:  # the latest attempt's, nothing left over from an earlier one
+            record.pop(key, None)
             if key in status:
                 record[key] = status[key]
         if (folder / "report.json").exists():
@@ -75,8 +78,6 @@ class BatchIndex:
         """Merge a worker's outcome (worker.Worker.run) and what the item's folder now holds."""
         record = self.items[outcome["id"]]
         record["state"] = outcome["state"] if outcome["state"] in STATES else "pending"  # stopped: resumable
-        if outcome.get("error"):
-            record["error"] = outcome["error"]
         self._merge_files(outcome["id"])
         if outcome["state"] == "failed":  # the worker may not have written its status (a lost process)
             record.update(state="failed", error=outcome.get("error"))

@@ -46,6 +46,7 @@ class Worker:
         self.priors = PriorCache(capacity=1)  # one device, one batch: one prior at a time
         self.stopping = False
         self.current: dict[str, Any] | None = None
+        self.last_prior = None
 
     def identity(self) -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid()}
@@ -102,10 +103,11 @@ class Worker:
         prior = self.priors.get(config.prior, canonical_device(config.device), config.resolution,
                                 offline=config.offline, options=config.prior_options)
         prior_load_s = time.perf_counter() - started
+        prior_reused, self.last_prior = prior is self.last_prior, prior
         result = train(config, item_dir, on_event=on_event, should_stop=lambda: self.stopping, prior=prior,
                        resume=resume)
         if result.stopped:
-            return {"state": "stopped", "prior_load_s": prior_load_s}
+            return {"state": "stopped", "prior_load_s": prior_load_s, "prior_reused": prior_reused}
         report = result.report
         metrics = dict(report.get("ground_truth") or {})
         if not metrics:  # no ground truth: score the result with the prior itself (score.py)
@@ -115,5 +117,5 @@ class Worker:
             model, _ = load_model(result.outputs["checkpoint.pt"], device=canonical_device(config.device))
             metrics["prior_loss"] = prior_score(model, prior, config.resolution)
         return {"state": "done", "steps_done": report["steps_done"], "train_s": report["total_time_s"],
-                "prior_load_s": prior_load_s, "metrics": metrics, "export_error": report["export"].get("error")}
+                "prior_load_s": prior_load_s, "prior_reused": prior_reused, "metrics": metrics, "export_error": report["export"].get("error")}
 

@@ -24,6 +24,9 @@ SMALL = {"mesh_resolution": 32, "texture_size": 64, "face_budget": 500, "hash_lo
 FLAGS = ["--preset", "tiny", "--resolution", "24", "--checkpoint-every", "2", "--preview-every", "0", "--seeds", "2"]
 GENERATE_FILES = ("report.json", "turntable.png", "mesh.glb", "mesh.obj", "texture.png", "checkpoint.pt")
 TIMEOUT_S = 600  # generous: the test machine is shared
+# One torch thread per process: on the shared 2-core test machine a 2-thread CPU step measured 12x
+# slower than a 1-thread one (2.5 s vs 0.2 s, tiny preset), and Ray gives each of 2 workers 1 CPU anyway.
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 # ----- spec and validation (no training) --------------------------------------------------------------
@@ -132,13 +135,11 @@ def batch_command(spec: Path, out: Path, *extra: str) -> list[str]:
 
 
 def start(command):
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
 
 def run(command):
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S, env=ENV)
 
 
 def read_index(out: Path) -> dict:
@@ -244,3 +245,26 @@ def test_a_worker_killed_mid_item_resumes_that_item_from_its_checkpoint(tmp_path
     record = next(r for r in index["items"] if r["id"] == victim.name)
     assert record["attempt"] == 2 and record["resumed_from_step"] >= 2, record  # from its checkpoint, not step 0
     assert record["worker"]["pid"] != killed
+
+
+def test_an_item_on_a_stable_diffusion_prior_is_scored_by_the_prior(tmp_path):
+    """The worker's path for priors with no ground truth, on a tiny random-weight SD pipeline loaded
+    through the users' path: the item finishes and batch_item.json holds its prior loss."""
+    from backend.batch.worker import Worker
+    from backend.config import with_preset
+    from backend.priors.sd_random import save_random_pipeline
+
+    folder = save_random_pipeline(tmp_path / "tiny-sd", "tiny", seed=0)
+    config = with_preset("tiny", prompt="a red cube", prior=str(folder), offline=True, steps=2, resolution=16,
+                         preview_every=0, export_mesh=False, hash_log2_table=12)
+    threads = torch.get_num_threads()
+    try:
+        worker = Worker(threads=1)  # see ENV
+        outcome = worker.run({"id": "sd-item", "settings": config.to_dict()}, str(tmp_path / "out"))
+        again = worker.run({"id": "sd-item-2", "settings": {**config.to_dict(), "seed": 1}}, str(tmp_path / "out"))
+    finally:
+        torch.set_num_threads(threads)
+    assert outcome["state"] == "done", outcome.get("error")
+    loss = outcome["metrics"]["prior_loss"]
+    assert loss > 0 and loss == item_status(tmp_path / "out" / "sd-item")["metrics"]["prior_loss"]
+    assert again["state"] == "done" and again["prior_reused"] and not outcome["prior_reused"]

@@ -72,11 +72,13 @@ class BatchIndex:
             record["reused"] = record["state"] == "done"  # finished in an earlier run: skipped now
 
     def start(self, item_id: str) -> None:
-        self.items[item_id].update(state="running", error=None)
+        self.items[item_id].update(state="running", error=None, dispatched=time.time())
 
     def finish(self, outcome: dict[str, Any]) -> None:
         """Merge a worker's outcome (worker.Worker.run) and what the item's folder now holds."""
         record = self.items[outcome["id"]]
+        # handed out -> outcome back, as the driver saw it; minus the worker's wall_s: the scheduling overhead
+        record["driver_s"] = time.time() - record.pop("dispatched", time.time())
         record["state"] = outcome["state"] if outcome["state"] in STATES else "pending"  # stopped: resumable
         self._merge_files(outcome["id"])
         if outcome["state"] == "failed":  # the worker may not have written its status (a lost process)
@@ -101,7 +103,7 @@ class BatchIndex:
         items = []
         for record in self.items.values():
             shown = dict(record)
-            for key in ("started", "finished"):
+            for key in ("started", "finished", "dispatched"):
                 if isinstance(shown.get(key), (int, float)):
                     shown[key] = iso(shown[key])
             items.append(shown)

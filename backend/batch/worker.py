@@ -49,7 +49,9 @@ class Worker:
         self.last_prior = None
 
     def identity(self) -> dict[str, Any]:
-        return {"host": socket.gethostname(), "pid": os.getpid()}
+        import torch
+
+        return {"host": socket.gethostname(), "pid": os.getpid(), "torch_threads": torch.get_num_threads()}
 
     def stop(self) -> None:
         """Stop the current item after its step (checkpoint written) and start no other."""

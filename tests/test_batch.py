@@ -16,7 +16,7 @@ import torch
 
 from backend.batch.select import mark_best
 from backend.batch.sheet import label
-from backend.batch.spec import Row, expand, read_spec
+from backend.batch.spec import expand, read_spec
 from backend.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,8 @@ def test_json_and_csv_rows_pin_their_own_settings_and_bad_rows_name_row_and_fiel
     table = tmp_path / "rows.csv"
     table.write_text("prompt,seed,cfg,steps,negative\na red cube,5,,12,\n42,x,7.5,,null\n")
     items, invalid = expand(read_spec(table), {}, "tiny", ["sds"], [0])
-    assert [(i.config.prompt, i.config.seed, i.config.cfg, i.config.steps) for i in items] == [("a red cube", 5, None, 12)]
+    settings = [(i.config.prompt, i.config.seed, i.config.cfg, i.config.steps) for i in items]
+    assert settings == [("a red cube", 5, None, 12)]
     assert len(invalid) == 1 and invalid[0].error.startswith("row 3: seed must be a whole number")  # line 3 of the file
 
 

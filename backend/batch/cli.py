@@ -19,7 +19,8 @@ def add_batch_parser(sub, generate: argparse.ArgumentParser) -> argparse.Argumen
     batch = sub.add_parser("batch", help="many prompts x seeds x methods, in-process or on a Ray cluster",
                            description="Run every row of SPEC (a text file with one prompt per line, or JSON/CSV "
                                        "rows of generate settings) for each seed and method. Each item writes what "
-                                       "`generate` writes into OUT/<item>/; OUT/batch.json indexes them. See docs/batch.md.")
+                                       "`generate` writes into OUT/<item>/; OUT/batch.json indexes them. "
+                                       "See docs/batch.md.")
     batch.add_argument("spec", type=Path, metavar="SPEC", help="prompts (.txt), or rows of settings (.json, .csv)")
     batch.add_argument("--out", type=Path, default=Path("results/batch"), help="batch folder (default results/batch)")
     batch.add_argument("--seeds", type=int, default=1, metavar="N",
@@ -74,10 +75,15 @@ def cmd_batch(args) -> int:
     stop.install()
     options = BatchOptions(out=args.out, ray=args.ray, workers=args.workers, keep_best=args.keep_best,
                            show_progress=not args.no_progress)
-    index = run_batch(items, invalid, options, stop_requested=stop, meta={"spec": str(args.spec)})
+    try:
+        index = run_batch(items, invalid, options, stop_requested=stop, meta={"spec": str(args.spec)})
+    except KeyboardInterrupt:  # the second Ctrl-C: batch.json is written, the last checkpoints are kept
+        print(f"Aborted. Index: {args.out / 'batch.json'}. Run the same command again to resume.")
+        return 130
     counts = index.counts()
     reused = sum(bool(r.get("reused")) for r in index.items.values())
-    print(f"{counts['done']} of {len(index.items)} items done ({reused} from an earlier run), {counts['failed']} failed, "
+    print(f"{counts['done']} of {len(index.items)} items done ({reused} from an earlier run), "
+          f"{counts['failed']} failed, "
           f"{counts['invalid']} invalid rows, {counts['pending']} left. Index: {args.out / 'batch.json'}")
     if "contact_sheet" in index.meta:
         print(f"Contact sheet: {args.out / index.meta['contact_sheet']}")

@@ -71,7 +71,11 @@ def run_on_ray(payloads: list[dict], out: str, workers: int | None, on_start: Ca
     actor_class = ray.remote(max_restarts=-1, max_task_retries=ITEM_RETRIES, max_concurrency=2, **resources)(Worker)
     started = time.perf_counter()
     actors = [actor_class.remote(threads) for _ in range(count)]
-    identities = ray.get([actor.identity.remote() for actor in actors])
+    try:
+        identities = ray.get([actor.identity.remote() for actor in actors])
+    except RayError as error:  # e.g. a node without Distill3D installed
+        raise UserError(f"the Ray workers could not start ({first_line(error)}): install the same Distill3D on "
+                        "every node (docs/batch.md, 'A cluster')") from None
     info = {"workers": count, "worker_resources": resources, "workers_ready_s": time.perf_counter() - started,
             "worker_processes": identities}
 
@@ -98,9 +102,8 @@ def run_on_ray(payloads: list[dict], out: str, workers: int | None, on_start: Ca
             try:
                 outcome = ray.get(reference)
             except RayError as error:  # the worker died more often than ITEM_RETRIES allows
-                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 outcome = {"id": payload["id"], "state": "failed",
-                           "error": f"the worker process was lost {1 + ITEM_RETRIES} times ({first})"}
+                           "error": f"the worker process was lost {1 + ITEM_RETRIES} times ({first_line(error)})"}
             progress.pop(payload["id"], None)
             on_outcome(outcome)
             idle.append(index)
@@ -117,6 +120,11 @@ def run_on_ray(payloads: list[dict], out: str, workers: int | None, on_start: Ca
                 progress[snapshot["id"]] = snapshot
         on_tick(progress)
     return info
+
+
+def first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def disconnect() -> None:

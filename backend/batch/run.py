@@ -29,8 +29,8 @@ class BatchOptions:
 def run_batch(items: list[Item], invalid: list[Invalid], options: BatchOptions,
               stop_requested: Callable[[], bool] = lambda: False, meta: dict[str, Any] | None = None) -> BatchIndex:
     out = Path(options.out)
-    index = BatchIndex(out, items, invalid, {**(meta or {}), "mode": f"ray {options.ray}" if options.ray else "in-process",
-                                             "keep_best": options.keep_best})
+    mode = f"ray {options.ray}" if options.ray else "in-process"
+    index = BatchIndex(out, items, invalid, {**(meta or {}), "mode": mode, "keep_best": options.keep_best})
     index.mark_reused()
     todo = [{"id": item.id, "settings": item.config.to_dict()} for item in items if item.id not in index.done_ids()]
     index.write()

@@ -52,7 +52,7 @@ def write_contact_sheet(out: Path, records: list[dict[str, Any]], name: str = "c
     for row in rows:
         padded = row + [None] * (-len(row) % columns)  # each prompt starts a new row
         for record in padded:
-            turntable = out / record["paths"]["turntable.png"] if record and "turntable.png" in record.get("paths", {}) else None
-            images.append(tile(turntable))
+            paths = (record or {}).get("paths", {})
+            images.append(tile(out / paths["turntable.png"] if "turntable.png" in paths else None))
             labels.append(label(record) if record else "")
     return save_png(grid(images, labels, columns=columns), Path(out) / name)

@@ -51,7 +51,8 @@ def read_spec(path: Path) -> list[Row]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as error:
-        raise UserError(f"cannot read the batch spec {path} ({error.strerror}): give a text, JSON or CSV file") from None
+        raise UserError(f"cannot read the batch spec {path} ({error.strerror}): "
+                        "give a text, JSON or CSV file") from None
     suffix = path.suffix.lower()
     rows = _json_rows(text, path) if suffix == ".json" else _csv_rows(text) if suffix == ".csv" else _text_rows(text)
     if not rows:

@@ -119,5 +119,6 @@ class Worker:
             model, _ = load_model(result.outputs["checkpoint.pt"], device=canonical_device(config.device))
             metrics["prior_loss"] = prior_score(model, prior, config.resolution)
         return {"state": "done", "steps_done": report["steps_done"], "train_s": report["total_time_s"],
-                "prior_load_s": prior_load_s, "prior_reused": prior_reused, "metrics": metrics, "export_error": report["export"].get("error")}
+                "prior_load_s": prior_load_s, "prior_reused": prior_reused, "metrics": metrics,
+                "export_error": report["export"].get("error")}
 

@@ -77,6 +77,7 @@ class BatchIndex:
     def finish(self, outcome: dict[str, Any]) -> None:
         """Merge a worker's outcome (worker.Worker.run) and what the item's folder now holds."""
         record = self.items[outcome["id"]]
+        record.pop("step", None)  # only meaningful while it trains
         # handed out -> outcome back, as the driver saw it; minus the worker's wall_s: the scheduling overhead
         record["driver_s"] = time.time() - record.pop("dispatched", time.time())
         record["state"] = outcome["state"] if outcome["state"] in STATES else "pending"  # stopped: resumable

@@ -268,4 +268,5 @@ def test_an_item_on_a_stable_diffusion_prior_is_scored_by_the_prior(tmp_path):
     assert outcome["state"] == "done", outcome.get("error")
     loss = outcome["metrics"]["prior_loss"]
     assert loss > 0 and loss == item_status(tmp_path / "out" / "sd-item")["metrics"]["prior_loss"]
+    assert 0.0 <= outcome["metrics"]["coverage"] <= 1.0
     assert again["state"] == "done" and again["prior_reused"] and not outcome["prior_reused"]

@@ -7,8 +7,9 @@ view-dependent prompt of view v. Lower is better. Why this one: the diffusion lo
 -log p(x | y) (the DDPM evidence bound), so it asks the very model being distilled how likely each
 view is under the prompt; it needs no second model (CLIP) and costs len(TIMESTEPS) prior calls per
 view, a few training steps' worth. Scoring each view with its own "front/side/back view" prompt
-also penalises a face on the back (the Janus problem) a little. It favours plain images; docs/batch.md
-says how it ranked seeds on the shapes prior, where the ground-truth IoU is known.
+also penalises a face on the back (the Janus problem) a little. It favours plain images: on the
+shapes prior, where the ground-truth IoU is known, it ranked seeds well for a cube and poorly for a
+torus (docs/batch.md, bench/bench_batch.py --score).
 """
 from __future__ import annotations
 
@@ -42,9 +43,10 @@ def denoising_loss(prior: Prior, images: torch.Tensor, views: Sequence[View],
 
 
 @torch.no_grad()
-def prior_score(model, prior: Prior, resolution: int, views: int = VIEWS) -> float:
-    """The denoising loss of a trained field's turntable (lit from the camera side, as turntable.png).
-    The prior must have the item's prompts set (train leaves them set)."""
+def prior_score(model, prior: Prior, resolution: int, views: int = VIEWS) -> dict[str, float]:
+    """{"prior_loss": the denoising loss of a trained field's turntable (lit from the camera side, as
+    turntable.png), "coverage": its mean opacity}. The prior must have the item's prompts set (train
+    leaves them set)."""
     device = next(model.parameters()).device
     cameras = turntable_cameras(views, resolution, resolution, device=device)
     images, seen = [], []
@@ -55,4 +57,5 @@ def prior_score(model, prior: Prior, resolution: int, views: int = VIEWS) -> flo
         images.append(render.rgb.permute(0, 3, 1, 2)[0])
         seen.append(View(cameras=camera, shading="lambertian", light_positions=light,
                          background=render.background.permute(0, 3, 1, 2), opacity=render.opacity.permute(0, 3, 1, 2)))
-    return denoising_loss(prior, torch.stack(images), seen)
+    coverage = torch.stack([view.opacity.mean() for view in seen]).mean()
+    return {"prior_loss": denoising_loss(prior, torch.stack(images), seen), "coverage": float(coverage)}

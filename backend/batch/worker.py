@@ -46,7 +46,6 @@ class Worker:
         self.priors = PriorCache(capacity=1)  # one device, one batch: one prior at a time
         self.stopping = False
         self.current: dict[str, Any] | None = None
-        self.last_prior = None
 
     def identity(self) -> dict[str, Any]:
         import torch
@@ -101,11 +100,14 @@ class Worker:
         from ..train import train
 
         config = GenerateConfig.from_dict(item["settings"])
+        device = canonical_device(config.device)
+        wanted = {"name": config.prior, "device": device, "resolution": config.resolution,
+                  "options": dict(config.prior_options)}
+        prior_reused = wanted in self.priors.loaded()
         started = time.perf_counter()
-        prior = self.priors.get(config.prior, canonical_device(config.device), config.resolution,
-                                offline=config.offline, options=config.prior_options)
+        prior = self.priors.get(config.prior, device, config.resolution, offline=config.offline,
+                                options=config.prior_options)
         prior_load_s = time.perf_counter() - started
-        prior_reused, self.last_prior = prior is self.last_prior, prior
         result = train(config, item_dir, on_event=on_event, should_stop=lambda: self.stopping, prior=prior,
                        resume=resume)
         if result.stopped:
@@ -116,8 +118,11 @@ class Worker:
             from ..checkpoint import load_model
             from .score import prior_score
 
-            model, _ = load_model(result.outputs["checkpoint.pt"], device=canonical_device(config.device))
-            metrics["prior_loss"] = prior_score(model, prior, config.resolution)
+            try:
+                model, _ = load_model(result.outputs["checkpoint.pt"], device=device)
+                metrics.update(prior_score(model, prior, config.resolution))
+            except Exception as error:  # the item itself is fine: keep it, unranked
+                metrics["prior_loss_error"] = f"{type(error).__name__}: {error}"
         return {"state": "done", "steps_done": report["steps_done"], "train_s": report["total_time_s"],
                 "prior_load_s": prior_load_s, "prior_reused": prior_reused, "metrics": metrics,
                 "export_error": report["export"].get("error")}

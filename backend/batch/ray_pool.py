@@ -1,7 +1,7 @@
 """Running batch items on Ray: one actor per device, each a Worker (worker.py) that keeps its prior
 loaded between items. Ray places the actors (one GPU each with num_gpus=1, CPU actors where the
-cluster has no GPU), restarts an actor whose process dies and retries the item it was running on
-it; the item then resumes from its last checkpoint (Worker.run). Items go to whichever actor is free.
+cluster has no GPU); items go to whichever actor is free. When an actor's process dies, its item
+resumes from its last checkpoint (Worker.run) on the next free actor, and Ray places a replacement.
 """
 from __future__ import annotations
 
@@ -63,12 +63,17 @@ def run_on_ray(payloads: list[dict], out: str, workers: int | None, on_start: Ca
                on_outcome: Callable[[dict], None], on_tick: Callable[[dict], None],
                stop_requested: Callable[[], bool]) -> dict[str, Any]:
     """Run every payload ({"id", "settings"}) on Ray actors; report through the callbacks. Returns
-    what batch.json records about the workers. Needs connect() first."""
+    what batch.json records about the workers. Needs connect() first.
+
+    When a worker process dies (killed, out of memory, its node lost), its item goes back to the
+    front of the queue and resumes from its checkpoint on the next free worker, and a replacement
+    actor is started wherever Ray finds the resources. Items only go to workers that have answered,
+    so a replacement that cannot be placed (a lost node's GPU) holds nothing up."""
     import ray
-    from ray.exceptions import RayError
+    from ray.exceptions import RayActorError, RayError
 
     count, resources, threads = actor_options(workers, len(payloads))
-    actor_class = ray.remote(max_restarts=-1, max_task_retries=ITEM_RETRIES, max_concurrency=2, **resources)(Worker)
+    actor_class = ray.remote(max_restarts=0, max_concurrency=2, **resources)(Worker)
     started = time.perf_counter()
     actors = [actor_class.remote(threads) for _ in range(count)]
     try:
@@ -77,49 +82,78 @@ def run_on_ray(payloads: list[dict], out: str, workers: int | None, on_start: Ca
         raise UserError(f"the Ray workers could not start ({first_line(error)}): install the same Distill3D on "
                         "every node (docs/batch.md, 'A cluster')") from None
     info = {"workers": count, "worker_resources": resources, "workers_ready_s": time.perf_counter() - started,
-            "worker_processes": identities}
+            "worker_processes": identities, "workers_replaced": 0}
 
     queue, idle = deque(payloads), deque(range(count))
-    busy: dict[Any, tuple[int, dict]] = {}         # run() reference -> (actor index, payload)
-    polls: dict[int, Any] = {}                     # actor index -> progress() reference
+    busy: dict[Any, tuple[int, dict]] = {}         # run() reference -> (actor slot, payload)
+    starting: dict[Any, int] = {}                  # identity() reference of a replacement -> its slot
+    polls: dict[int, Any] = {}                     # actor slot -> progress() reference
     progress: dict[str, dict] = {}
+    lost: dict[str, int] = {}                      # item id -> worker processes lost while running it
     stopping = False
     while queue or busy:
         if stop_requested() and not stopping:
             stopping = True
             queue.clear()  # never started: they stay pending in batch.json
-            for actor in actors:
-                actor.stop.remote()
+            for slot in set(range(count)) - set(starting.values()):
+                actors[slot].stop.remote()
         while idle and queue:
-            index, payload = idle.popleft(), queue.popleft()
-            busy[actors[index].run.remote(payload, out)] = (index, payload)
+            slot, payload = idle.popleft(), queue.popleft()
+            busy[actors[slot].run.remote(payload, out)] = (slot, payload)
             on_start(payload["id"])
-        if not busy:
-            break
-        ready, _ = ray.wait(list(busy), num_returns=1, timeout=POLL_S)
+        if not busy and (stopping or not starting):
+            break  # done, stopped, or no worker left to run what is queued (those items stay pending)
+        ready, _ = ray.wait([*busy, *starting], num_returns=1, timeout=POLL_S)
         for reference in ready:
-            index, payload = busy.pop(reference)
+            if reference in starting:  # a replacement is up
+                slot = starting.pop(reference)
+                try:
+                    info["worker_processes"].append(ray.get(reference))
+                    idle.append(slot)
+                except RayError:
+                    pass  # it could not start either: carry on with the others
+                continue
+            slot, payload = busy.pop(reference)
+            progress.pop(payload["id"], None)
+            polls.pop(slot, None)
             try:
                 outcome = ray.get(reference)
-            except RayError as error:  # the worker died more often than ITEM_RETRIES allows
+            except RayActorError as error:  # the process died mid-item
+                lost[payload["id"]] = lost.get(payload["id"], 0) + 1
+                actors[slot] = actor_class.remote(threads)
+                starting[actors[slot].identity.remote()] = slot
+                info["workers_replaced"] += 1
+                if lost[payload["id"]] <= ITEM_RETRIES and not stopping:
+                    queue.appendleft(payload)  # resumes from its checkpoint on the next free worker
+                    continue
                 outcome = {"id": payload["id"], "state": "failed",
-                           "error": f"the worker process was lost {1 + ITEM_RETRIES} times ({first_line(error)})"}
-            progress.pop(payload["id"], None)
+                           "error": f"its worker process was lost {lost[payload['id']]} times ({first_line(error)})"}
+            except RayError as error:
+                outcome = {"id": payload["id"], "state": "failed", "error": first_line(error)}
             on_outcome(outcome)
-            idle.append(index)
-        running, running_ids = {index for index, _ in busy.values()}, {p["id"] for _, p in busy.values()}
-        for index in running - set(polls):
-            polls[index] = actors[index].progress.remote()
-        answered, _ = ray.wait(list(polls.values()), num_returns=len(polls), timeout=0) if polls else ([], [])
-        for index in [i for i, reference in polls.items() if reference in answered]:
-            try:
-                snapshot = ray.get(polls.pop(index))
-            except RayError:
-                continue  # a worker being restarted: its item's progress shows again later
-            if snapshot and snapshot["id"] in running_ids:
-                progress[snapshot["id"]] = snapshot
-        on_tick(progress)
+            idle.append(slot)
+        on_tick(poll_progress(actors, busy, polls, progress))
     return info
+
+
+def poll_progress(actors: list, busy: dict, polls: dict, progress: dict) -> dict[str, dict]:
+    """Ask each busy worker for its progress without waiting: answers that are in go into
+    `progress` (item id -> snapshot), the others are collected on a later call."""
+    import ray
+    from ray.exceptions import RayError
+
+    running = {slot: payload["id"] for slot, payload in busy.values()}
+    for slot in set(running) - set(polls):
+        polls[slot] = actors[slot].progress.remote()
+    answered, _ = ray.wait(list(polls.values()), num_returns=len(polls), timeout=0) if polls else ([], [])
+    for slot in [s for s, reference in polls.items() if reference in answered]:
+        try:
+            snapshot = ray.get(polls.pop(slot))
+        except RayError:
+            continue  # a worker that just died: its item is handled by run_on_ray
+        if snapshot and snapshot["id"] == running.get(slot):
+            progress[snapshot["id"]] = snapshot
+    return progress
 
 
 def first_line(error: Exception) -> str:

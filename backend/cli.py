@@ -1,4 +1,4 @@
-"""Command line: python -m backend {generate, image, compare, export, serve} ...
+"""Command line: python -m backend {generate, image, compare, export, batch, serve} ...
 
 Bad input prints one line naming the problem and the fix, and exits with code 2 (no traceback).
 Ctrl-C during `generate` stops after the current step with a checkpoint written; resume with --resume.
@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Taubin-smooth before decimating (default: the run's)")
 
     sub.add_parser("serve", help="run the ZeroMQ server for the Blender add-on (see --help there)", add_help=False)
+
+    from .batch.cli import add_batch_parser  # many prompts x seeds x methods, in-process or on Ray
+    add_batch_parser(sub, gen)
     return parser
 
 
@@ -128,16 +131,20 @@ class CtrlC:
         signal.signal(signal.SIGINT, handler)
 
 
+def generate_settings(args) -> dict:
+    """GenerateConfig fields from the generate flags (None: not given). `batch` uses it too."""
+    return dict(method=args.method, prior=args.prior, cfg=args.cfg, seed=args.seed, negative=args.negative,
+                method_options=options_of(args) or None, device=args.device, offline=args.offline or None,
+                steps=args.steps, prior_options=dict(parse_option(o) for o in args.prior_options) or None,
+                resolution=args.resolution, preview_every=args.preview_every,
+                checkpoint_every=args.checkpoint_every, export_mesh=False if args.no_export else None)
+
+
 def cmd_generate(args) -> int:
     from .progress import ProgressPrinter
     from .train import train
 
-    config = with_preset(args.preset, prompt=args.prompt, method=args.method, prior=args.prior, cfg=args.cfg,
-                         seed=args.seed, negative=args.negative, method_options=options_of(args) or None,
-                         device=args.device, offline=args.offline or None, steps=args.steps,
-                         prior_options=dict(parse_option(o) for o in args.prior_options) or None,
-                         resolution=args.resolution, preview_every=args.preview_every,
-                         checkpoint_every=args.checkpoint_every, export_mesh=False if args.no_export else None)
+    config = with_preset(args.preset, prompt=args.prompt, **generate_settings(args))
     stop = CtrlC()
     stop.install()
     with ProgressPrinter() as printer:
@@ -194,7 +201,14 @@ def cmd_export(args) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "image": cmd_image, "compare": cmd_compare, "export": cmd_export}
+def cmd_batch(args) -> int:
+    from .batch.cli import cmd_batch as run
+
+    return run(args)
+
+
+COMMANDS = {"generate": cmd_generate, "image": cmd_image, "compare": cmd_compare, "export": cmd_export,
+            "batch": cmd_batch}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import METHOD_NAMES
+from shared.schema import METHODS as METHOD_SCHEMA
 from ..errors import UserError
 
 NOT_SHARED = {"help", "prompt", "out", "resume"}  # generate flags that mean something else in a batch
@@ -53,9 +53,9 @@ def batch_plan(args):
     if args.keep_best < 0:
         raise UserError(f"--keep-best {args.keep_best}: give how many seeds to keep per prompt (1 or more)")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else [args.method]
-    unknown = [m for m in methods if m not in METHOD_NAMES]
+    unknown = [m for m in methods if m not in METHOD_SCHEMA]
     if unknown or not methods:
-        raise UserError(f"--methods {args.methods!r}: use a comma-separated list of {', '.join(METHOD_NAMES)}")
+        raise UserError(f"--methods {args.methods!r}: use a comma-separated list of {', '.join(METHOD_SCHEMA)}")
     settings = {k: v for k, v in generate_settings(args).items() if v is not None}
     seed = settings.pop("seed")
     settings.pop("method")

@@ -118,7 +118,7 @@ def test_the_command_line_refuses_bad_options_and_a_taken_port_with_the_fix(tmp_
     with running_server(tmp_path / "first") as server:
         assert serve_from_args(["--port", str(server.port), "--data-dir", str(tmp_path / "second")]) == 2
         assert "is another backend running?" in capsys.readouterr().out
-    for options, needle in [(["--device", "tpu"], "not a device"), (["--device", "cuda:63"], "use device auto or cpu"),
+    for options, needle in [(["--device", "tpu"], "not a device"), (["--device", "cuda:63"], "asked for, but PyTorch sees"),
                             (["--port", "70000"], "not a port number"),
                             (["--authorized-keys", str(tmp_path)], "needs --server-key")]:
         assert serve_from_args([*options, "--data-dir", str(tmp_path / "third")]) == 2

@@ -97,21 +97,25 @@ class ProcessExecutor(JobExecutor):
         self._send(("run", spec))
 
     def receive(self, timeout_s: float) -> tuple | None:
+        process, events = self._process, self._events  # close() may drop them from another thread
+        if process is None:
+            raise WorkerLost("the worker process running the job was stopped")
         try:
-            if self._events.poll(timeout_s):
-                message = self._events.recv()
+            if events.poll(timeout_s):
+                message = events.recv()
                 if message[0] == "priors":
                     self.loaded_priors = message[1]
                 return message
-        except (EOFError, OSError):
+        except (EOFError, OSError, ValueError):  # ValueError: the pipe was closed here
             pass
         else:
-            if self._process.is_alive():
+            if process.is_alive():
                 return None
-        self._process.join(5)
-        reason = describe_exit(self._process.exitcode)
+        process.join(5)
+        reason = describe_exit(process.exitcode)
         with self._lock:
-            self._discard()
+            if self._process is process:
+                self._discard()
         raise WorkerLost(reason)
 
     def cancel(self, job_id: str) -> None:

@@ -99,6 +99,8 @@ class DeviceWorker(threading.Thread):
                     self._run(self.current)
                 except Exception as error:  # noqa: BLE001 - the queue must outlive any one job
                     log.exception("job %s: the server failed while running it", self.current.job_id)
+                    if self._stopping:  # stays as it is on disk; the next start recovers it
+                        return
                     self._fail(self.current, f"the backend failed while running the job ({type(error).__name__}: "
                                              f"{error}); its log has the details: resubmit the job", "ServerError")
                 finally:

@@ -101,10 +101,10 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(mode: str, port: int, data_dir: str, root: Path = ROOT) -> subprocess.Popen:
+def start_server(mode: str, port: int, data_dir: str, root: Path = ROOT, serve_args: tuple = ()) -> subprocess.Popen:
     if mode in ("real", "latency"):
         command = [sys.executable, "-m", "backend", "serve", "--port", str(port), "--data-dir", data_dir,
-                   "--preview-interval", "0.5", "--log-level", "warning", "--device", "cpu"]
+                   "--preview-interval", "0.5", "--log-level", "warning", "--device", "cpu", *serve_args]
     else:
         command = [sys.executable, __file__, "--serve-flood", str(port), data_dir]
     environment = {**os.environ, "PYTHONPATH": str(root)}
@@ -213,12 +213,12 @@ def summary_ms(values: list[float]) -> dict:
             "max_ms": 1000 * max(values)} if values else {"n": 0}
 
 
-def command_latency(export_seconds: float, root: Path) -> dict:
+def command_latency(export_seconds: float, root: Path, serve_args: tuple = ()) -> dict:
     """Status round trips every 50 ms while a job trains, then exports at the largest settings."""
     port = free_port_pair()
     address = f"tcp://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as data_dir:
-        process = start_server("latency", port, data_dir, root)
+        process = start_server("latency", port, data_dir, root, serve_args)
         try:
             prober, watcher = Client(address, timeout_s=120.0), Client(address, timeout_s=120.0)
             watcher.subscribe()
@@ -249,7 +249,7 @@ def command_latency(export_seconds: float, root: Path) -> dict:
         finally:
             os.killpg(process.pid, signal.SIGKILL)  # the server and its worker process
             process.wait(60)
-    return {"mode": "latency", "root": str(root), "job": {**LATENCY_JOB, **largest_export()},
+    return {"mode": "latency", "root": str(root), "serve_args": list(serve_args), "job": {**LATENCY_JOB, **largest_export()},
             "final_state": state, "events_seen": events,
             "status_latency": {name: summary_ms(values) for name, values in phases.items()},
             "all_running": summary_ms(phases["training"] + phases["finishing"]),
@@ -267,12 +267,13 @@ def main() -> None:
                         help="latency mode: seconds of the export to measure (default %(default)s)")
     parser.add_argument("--root", type=Path, default=ROOT,
                         help="latency mode: the checkout whose server is measured (default this one)")
+    parser.add_argument("--serve-args", default="", help='latency mode: more serve options, e.g. "--worker-nice 5"')
     parser.add_argument("--seconds", type=float, default=20.0, help="watching time per phase")
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "server.json")
     args = parser.parse_args()
     if args.mode == "latency":
-        result = command_latency(args.export_seconds, args.root.resolve())
+        result = command_latency(args.export_seconds, args.root.resolve(), tuple(args.serve_args.split()))
         out = args.out.with_name("server_latency.json") if args.out.name == "server.json" else args.out
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))

@@ -10,6 +10,7 @@ import errno
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -18,7 +19,12 @@ import pytest
 
 from shared.client import Client, ClientError
 from shared.ports import free_port_pair
-from tests.test_server_fakes import collect, fake_train, running_server, subscribe_and_settle, wait_state
+from tests.test_server_fakes import (
+    collect,
+    fake_train,
+    running_server,
+    wait_state,
+)
 
 SLOW = functools.partial(fake_train, step_s=0.3)
 TINY = {"preset": "tiny", "steps": 3}
@@ -258,11 +264,12 @@ def test_a_client_without_keys_is_told_the_server_wants_keys(tmp_path):
     from shared.keys import generate_keys
 
     keys = generate_keys(tmp_path / "keys")
-    with running_server(tmp_path / "data", keys=ServerKeys.load(keys["server_secret"], keys["authorized"])) as server:
-        with Client(f"tcp://127.0.0.1:{server.port}", timeout_s=1.5) as plain:
-            with pytest.raises(ServerUnreachable, match="requires keys") as error:
-                plain.info()
-            assert error.value.field == "keys"
+    server_keys = ServerKeys.load(keys["server_secret"], keys["authorized"])
+    with running_server(tmp_path / "data", keys=server_keys) as server, \
+            Client(f"tcp://127.0.0.1:{server.port}", timeout_s=1.5) as plain:
+        with pytest.raises(ServerUnreachable, match="requires keys") as error:
+            plain.info()
+        assert error.value.field == "keys"
 
 
 # -- a real small disk, where this machine lets the test mount one -----------------------------------
@@ -271,7 +278,8 @@ def test_a_client_without_keys_is_told_the_server_wants_keys(tmp_path):
 def small_disk(tmp_path):
     mount = tmp_path / "disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+    command = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)]
+    if not shutil.which("mount") or subprocess.run(command, check=False, capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root): the injected-error tests cover this")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "full path); repeatable. The Hugging Face cache is always allowed, and Hub ids")
     parser.add_argument("--max-queued", type=int, default=MAX_QUEUED,
                         help="jobs that may wait at once; more are refused until some start (default %(default)s)")
+    parser.add_argument("--worker-nice", type=int, default=0, metavar="N",
+                        help="run the job processes N steps nicer (Unix), so on a busy CPU the server's command "
+                             "loop gets the CPU first (default %(default)s)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 
@@ -68,7 +71,8 @@ def serve_from_args(argv: list[str]) -> int:
             raise UserError(f"--models {missing[0]} is not a folder: give a folder that holds model folders")
         server = Server(args.data_dir, args.host, args.port, args.device, keys=keys, max_priors=args.max_priors,
                         coarse_mesh_every=max(0, args.coarse_mesh_every), preview_interval_s=args.preview_interval,
-                        model_roots=args.models, max_queued=max(1, args.max_queued))
+                        model_roots=args.models, max_queued=max(1, args.max_queued),
+                        worker_nice=max(0, args.worker_nice))
         server.start()
     except UserError as error:
         print(f"error: {error}")

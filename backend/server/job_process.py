@@ -61,6 +61,7 @@ class WorkerOptions:
     prior_loader: Loader | None = None       # None: backend.priors.load_prior
     max_priors: int = 2
     log_level: int = logging.INFO
+    nice: int = 0                            # added to the worker's CPU niceness (Unix): commands win the CPU
 
 
 @dataclass
@@ -178,6 +179,8 @@ class _Worker:
 def worker_main(device: str, options: WorkerOptions, commands, events) -> None:
     """The worker process's entry point (multiprocessing, spawn context)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole process group: the server decides
+    if options.nice and hasattr(os, "nice"):
+        os.nice(options.nice)
     logging.basicConfig(level=options.log_level, format=f"%(asctime)s %(levelname)s [worker {device}] %(message)s")
     # An empty working folder: a Hub id such as "etc/passwd" can never be read as a relative path.
     with tempfile.TemporaryDirectory(prefix="distill3d-worker-", ignore_cleanup_errors=True) as empty:

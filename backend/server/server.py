@@ -48,7 +48,7 @@ class Server:
                  prior_loader: Loader | None = None, max_priors: int = 2, coarse_mesh_every: int = 100,
                  preview_interval_s: float = 0.5, progress_interval_s: float = 0.1, event_hwm: int = EVENT_HWM,
                  model_roots: list[str | Path] = (), max_queued: int = MAX_QUEUED,
-                 executor_factory: Callable[[str], JobExecutor] | None = None):
+                 executor_factory: Callable[[str], JobExecutor] | None = None, worker_nice: int = 0):
         """port=0 picks a free pair of ports (commands, events = commands + 1); see .port after start.
         train_fn and prior_loader (tests, benchmarks) run in the worker processes, so they must be
         picklable: module-level functions, functools.partial of them, or instances of module-level
@@ -57,7 +57,8 @@ class Server:
         self.event_hwm, self.max_queued = event_hwm, max_queued
         self._device_choice = device
         self.models = ModelRoots(model_roots)
-        options = WorkerOptions(train_fn, prior_loader, max_priors, logging.getLogger().getEffectiveLevel())
+        options = WorkerOptions(train_fn, prior_loader, max_priors, logging.getLogger().getEffectiveLevel(),
+                                worker_nice)
         self._executor_factory = executor_factory or (lambda device: ProcessExecutor(device, options))
         self._run_options = dict(coarse_mesh_every=coarse_mesh_every, preview_interval_s=preview_interval_s,
                                  progress_interval_s=progress_interval_s)

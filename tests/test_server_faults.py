@@ -125,6 +125,14 @@ def test_f2_commands_are_answered_while_a_job_holds_the_gil(tmp_path):
         assert client.wait(job, timeout_s=60)["state"] == "done"
 
 
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="Unix niceness")
+def test_worker_nice_gives_the_job_processes_a_lower_cpu_priority_than_the_server(tmp_path):
+    with running_server(tmp_path, worker_nice=3) as server, connect(server) as client:
+        assert client.wait(client.submit({**TINY, "prompt": "a cube"}), timeout_s=60)["state"] == "done"
+        worker = server.worker_pids()["cpu"]
+        assert os.getpriority(os.PRIO_PROCESS, worker) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 3)
+
+
 # -- F3: no symbolic link leads out of the data folder -----------------------------------------------
 
 def plant_job(folder, state="done", outputs=None):

@@ -274,7 +274,7 @@ def test_a_client_without_keys_is_told_the_server_wants_keys(tmp_path):
     keys = generate_keys(tmp_path / "keys")
     server_keys = ServerKeys.load(keys["server_secret"], keys["authorized"])
     with running_server(tmp_path / "data", keys=server_keys) as server, \
-            Client(f"tcp://127.0.0.1:{server.port}", timeout_s=1.5) as plain:
+            Client(f"tcp://127.0.0.1:{server.port}", timeout_s=5.0) as plain:
         with pytest.raises(ServerUnreachable, match="requires keys") as error:
             plain.info()
         assert error.value.field == "keys"

@@ -22,7 +22,7 @@ from shared.protocol import (DEFAULT_HOST, DEFAULT_PORT, HARD_FRAME_LIMIT, MAX_R
 from shared.version import PROTOCOL_VERSION, __version__
 
 from ..errors import UserError
-from .cli import MAX_QUEUED
+from .cli import MAX_QUEUED, WORKER_NICE
 from .datadir import check_writable, write_problem
 from .executor import JobExecutor, ProcessExecutor
 from .job_process import TrainFn, WorkerOptions
@@ -48,7 +48,8 @@ class Server:
                  prior_loader: Loader | None = None, max_priors: int = 2, coarse_mesh_every: int = 100,
                  preview_interval_s: float = 0.5, progress_interval_s: float = 0.1, event_hwm: int = EVENT_HWM,
                  model_roots: list[str | Path] = (), max_queued: int = MAX_QUEUED,
-                 executor_factory: Callable[[str], JobExecutor] | None = None, worker_nice: int = 0):
+                 executor_factory: Callable[[str], JobExecutor] | None = None,
+                 worker_nice: int = WORKER_NICE):
         """port=0 picks a free pair of ports (commands, events = commands + 1); see .port after start.
         train_fn and prior_loader (tests, benchmarks) run in the worker processes, so they must be
         picklable: module-level functions, functools.partial of them, or instances of module-level

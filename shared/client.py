@@ -43,6 +43,8 @@ class VersionMismatch(ClientError):
 EVENT_QUEUE = 200  # events buffered in this process while nobody polls (~15 s of a job's events)
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+# One side uses CurveZMQ keys and the other does not.
+_MECHANISM_MISMATCH = getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", 0x11000002)
 
 
 class Client:
@@ -191,18 +193,21 @@ class Client:
         if self._command is None:
             sock = self._socket(zmq.DEALER)
             sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing until a connection is up
-            if self._curve is not None:  # to tell "keys rejected" from "not running"
-                self._monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED)
+            # to tell "keys rejected" or "keys needed" from "not running"
+            self._monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED)
             sock.connect(self.address)
             self._command = sock
         return self._command
 
-    def _drop_command_socket(self) -> bool:
-        """Close the command socket; True if a key handshake had failed on it."""
-        rejected = False
+    def _drop_command_socket(self) -> str | None:
+        """Close the command socket; "mismatch" if one side used keys and the other not, "rejected"
+        if another key handshake failed on it, else None."""
+        rejected = None
         if self._monitor is not None:
             while self._monitor.poll(0):
-                rejected |= bool(recv_monitor_message(self._monitor)["event"] & _HANDSHAKE_FAILED)
+                event = recv_monitor_message(self._monitor)
+                if event["event"] & _HANDSHAKE_FAILED:
+                    rejected = "mismatch" if event["value"] == _MECHANISM_MISMATCH else rejected or "rejected"
             self._command.disable_monitor()
             self._monitor.close(linger=0)
             self._monitor = None
@@ -212,7 +217,16 @@ class Client:
         return rejected
 
     def _unreachable(self) -> ServerUnreachable:
-        if self._drop_command_socket():
+        rejected = self._drop_command_socket()
+        if rejected == "mismatch" and self._curve is None:
+            return ServerUnreachable(f"the backend at {self.address} requires keys and this client sent none: pass "
+                                     "the server's public key (server.key) as server_public_key and a client key "
+                                     "whose public half is in the server's --authorized-keys folder as client_keys",
+                                     "keys", "unreachable")
+        if rejected == "mismatch":
+            return ServerUnreachable(f"the backend at {self.address} uses no keys but this client sent some: connect "
+                                     "without server_public_key and client_keys", "keys", "unreachable")
+        if rejected:
             return ServerUnreachable(f"the backend at {self.address} rejected this client's keys: use the server's "
                                      "public key (server.key) and a client key whose public half is in the "
                                      "server's --authorized-keys folder", "keys", "unreachable")

@@ -44,7 +44,8 @@ FILE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 
 class ProtocolError(SettingError):
     """A message that cannot be accepted. `field` names the offending field (None when the whole
-    message is at fault); `code` is one of bad_request, version, not_found, too_large, internal."""
+    message is at fault); `code` is one of bad_request, version, not_found, too_large, unavailable (the
+    backend cannot take it now: its queue or data folder is full), internal."""
 
     def __init__(self, message: str, field: str | None = None, code: str = "bad_request"):
         super().__init__(message, field)

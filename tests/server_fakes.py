@@ -5,8 +5,12 @@ tests use the real backend.train. Also the helpers and the small real request th
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import functools
 import json
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +37,10 @@ class FakeResult:
 
 def fake_train(config, out_dir, on_event=ignore_event, should_stop=never_stop, prior=None, resume=False,
                step_s: float = 0.01):
-    """Counts steps. Prompts containing "bad prompt" raise UserError, "crash" RuntimeError at step 2."""
+    """Counts steps. Prompts containing "bad prompt" raise UserError, "crash" RuntimeError at step 2,
+    "disk full" the OSError a checkpoint write gets on a full disk at step 2, "segfault" kills the
+    process running it with SIGSEGV at step 2, and "hold the gil" calls native code that keeps the GIL
+    for 8 s after step 1 (as a mesh library or a CUDA sync can)."""
     out_dir = Path(out_dir)
     checkpoint = out_dir / "checkpoint.pt"
     step = json.loads(checkpoint.read_text())["step"] if resume and checkpoint.exists() else 0
@@ -46,6 +53,12 @@ def fake_train(config, out_dir, on_event=ignore_event, should_stop=never_stop, p
             return FakeResult(stopped=True)
         if "crash" in config.prompt and step == 2:
             raise RuntimeError("loss became NaN at step 2: lower lr")
+        if "disk full" in config.prompt and step == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(checkpoint))
+        if "segfault" in config.prompt and step == 2:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if "hold the gil" in config.prompt and step == 1:
+            hold_the_gil(8)
         time.sleep(step_s)
         step += 1
         on_event(Progress(step, config.steps, t=500, loss=1.0 / step, it_per_s=1 / max(step_s, 1e-3), eta_s=0.0))
@@ -61,6 +74,12 @@ def fake_train(config, out_dir, on_event=ignore_event, should_stop=never_stop, p
     (out_dir / "report.json").write_text(json.dumps({"steps": step, "resumed": resume}))
     return FakeResult(outputs={"mesh.glb": out_dir / "mesh.glb", "report.json": out_dir / "report.json",
                                "checkpoint.pt": checkpoint if checkpoint.exists() else out_dir / "report.json"})
+
+
+def hold_the_gil(seconds: int) -> None:
+    """Native code that keeps the GIL: libc sleep() called through ctypes.PyDLL, which (unlike
+    ctypes.CDLL) does not release the GIL around the call."""
+    ctypes.PyDLL(None).sleep(seconds)
 
 
 @contextlib.contextmanager
@@ -107,13 +126,29 @@ def wait_state(client, job_id, states, timeout_s: float = 30.0):
     return status
 
 
-class CountingLoader:
-    """A prior loader that counts its calls; it wraps `load` (e.g. the real load_prior) if given."""
+def instant_train(*args, **kwargs):
+    """A training run that is done at once, with no outputs."""
+    return FakeResult()
 
-    def __init__(self, load=None):
-        self.load, self.calls = load, []
+
+class CountingLoader:
+    """A prior loader that counts its calls; it wraps `load` (e.g. the real load_prior) if given. It runs
+    in the server's worker processes, so with `log` (a file path) each call is appended there as a JSON
+    line, and `calls` reads them back in the test's process."""
+
+    def __init__(self, load=None, log=None):
+        self.load, self.log = load, log
 
     def __call__(self, name, device, resolution=64, offline=False, options=None):
-        self.calls.append((name, str(device), resolution))
+        if self.log is not None:
+            with open(self.log, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps([name, str(device), resolution]) + "\n")
         return object() if self.load is None else self.load(name, device, resolution=resolution, offline=offline,
                                                             options=options)
+
+    @property
+    def calls(self):
+        if self.log is None or not Path(self.log).exists():
+            return []
+        return [tuple(json.loads(line)) for line in Path(self.log).read_text().splitlines()]
+

@@ -10,15 +10,15 @@ from hypothesis import strategies as st
 
 from shared.client import Client
 from shared.protocol import COMMANDS, HARD_FRAME_LIMIT, MAX_REQUEST_BYTES, MAX_REQUEST_FRAMES, PROTOCOL_VERSION, REQUEST_FIELDS
-from tests.server_fakes import FakeResult, running_server
+from tests.server_fakes import instant_train, running_server
 
-ERROR_CODES = {"bad_request", "version", "not_found", "too_large", "internal"}
+ERROR_CODES = {"bad_request", "version", "not_found", "too_large", "unavailable", "internal"}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     # Jobs a fuzzed submit happens to get right finish at once.
-    with running_server(tmp_path_factory.mktemp("fuzz"), train_fn=lambda *args, **kwargs: FakeResult()) as server:
+    with running_server(tmp_path_factory.mktemp("fuzz"), train_fn=instant_train) as server:
         yield server
 
 

@@ -3,6 +3,7 @@ queue order and cancel before start, crashes, a clean stop mid-job that resumes 
 recovery of a data dir a dead server left behind."""
 import functools
 import json
+import queue
 
 from backend.server.jobs import MAX_ATTEMPTS, JobStore
 from shared.client import Client
@@ -118,8 +119,54 @@ def test_the_command_line_refuses_bad_options_and_a_taken_port_with_the_fix(tmp_
     with running_server(tmp_path / "first") as server:
         assert serve_from_args(["--port", str(server.port), "--data-dir", str(tmp_path / "second")]) == 2
         assert "is another backend running?" in capsys.readouterr().out
-    for options, needle in [(["--device", "tpu"], "not a device"), (["--device", "cuda:63"], "use device auto or cpu"),
+    for options, needle in [(["--device", "tpu"], "not a device"), (["--device", "cuda:63"], "asked for, but PyTorch sees"),
                             (["--port", "70000"], "not a port number"),
                             (["--authorized-keys", str(tmp_path)], "needs --server-key")]:
         assert serve_from_args([*options, "--data-dir", str(tmp_path / "third")]) == 2
         assert needle in capsys.readouterr().out
+
+
+class ScriptedExecutor:
+    """A JobExecutor that runs nothing: each job reports one progress event and ends done at once. It
+    shows the server needs only the executor's five calls (the seam a cluster executor would use)."""
+
+    def __init__(self, device):
+        self.loaded_priors, self.specs, self.messages = [], [], queue.Queue()
+
+    def run(self, spec):
+        self.specs.append(spec)
+        self.messages.put(("event", spec.job_id, "progress", {"step": 1, "total": 1, "t": 0, "loss": 0.0,
+                                                               "it_per_s": 1.0, "eta_s": 0.0}, []))
+        self.messages.put(("end", spec.job_id, {"state": "done", "outputs": {}}))
+
+    def receive(self, timeout_s):
+        try:
+            return self.messages.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def cancel(self, job_id):
+        pass
+
+    def stop(self):
+        pass
+
+    def close(self, wait_s):
+        pass
+
+
+def test_the_job_executor_is_a_seam_another_executor_can_fill(tmp_path):
+    executors = {}
+
+    def factory(device):
+        executors[device] = ScriptedExecutor(device)
+        return executors[device]
+
+    with running_server(tmp_path, executor_factory=factory) as server, connect(server) as client:
+        subscribe_and_settle(client)
+        job = client.submit({"prompt": "a cube", "preset": "tiny", "steps": 1, "prior": "some/model"})
+        events = collect(client, lambda events: any(e["type"] == "result" for e in events))
+        assert [e["step"] for e in events if e["type"] == "progress"] == [1]
+        assert client.status(job)["state"] == "done"
+    spec = executors["cpu"].specs[0]
+    assert spec.job_id == job and spec.prior == "some/model" and spec.device == "cpu" and not spec.resume

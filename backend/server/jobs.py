@@ -2,6 +2,10 @@
 preview (preview.png) and the result files.
 
 Every write is atomic (a temp file renamed over the old one), so a crash never leaves half a status.
+A status write that fails (a full or read-only disk) never stops the caller: the status stays current
+in memory and is written again by retry_unsaved() once the disk takes it. Job folders and the files
+read or served must be real folders and files inside the data folder (datadir.py): a symbolic link
+is never followed out.
 On start, a job that was running when the server died is queued again to resume from its checkpoint
 (or failed with the reason, after MAX_ATTEMPTS deaths); finished jobs and their results stay.
 """
@@ -10,15 +14,17 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 from shared.protocol import FILE_NAME_PATTERN, FINAL_STATES, JOB_ID_PATTERN, JOB_STATES, PREVIEW_NAME, ProtocolError
 
 from ..fileio import write_atomic
+from .datadir import is_real_dir, is_real_file_inside, open_inside, read_inside, write_problem
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,7 @@ class Job:
     status: dict[str, Any]        # what status.json holds
     cancel: threading.Event = field(default_factory=threading.Event)
     persisted_at: float = 0.0
+    unsaved: bool = False         # the last status write failed; retry_unsaved() tries again
 
     @property
     def state(self) -> str:
@@ -54,8 +61,9 @@ class JobStore:
     every state change (the server publishes it)."""
 
     def __init__(self, data_dir: Path, on_state: Callable[[Job], None] = lambda job: None):
-        self.root = Path(data_dir) / "jobs"
-        self.root.mkdir(parents=True, exist_ok=True)
+        root = Path(data_dir) / "jobs"
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root.resolve()  # the operator's choice of folder; inside it no link is followed
         self.on_state = on_state
         self._jobs: dict[str, Job] = {}
         self._lock = threading.RLock()
@@ -67,17 +75,22 @@ class JobStore:
         are queued again (resume from checkpoint) or failed with the reason."""
         with self._lock:
             for folder in sorted(self.root.iterdir()):
-                if folder.is_dir() and JOB_ID_PATTERN.fullmatch(folder.name):
-                    job = self._read(folder)
-                    self._jobs[job.job_id] = job
-                    if job.state == "running":
-                        self._recover(job)
+                if not JOB_ID_PATTERN.fullmatch(folder.name):
+                    continue
+                if not is_real_dir(folder):
+                    log.warning("%s is a symbolic link or not a folder: ignored (job folders must be real folders "
+                                "inside the data folder)", folder)
+                    continue
+                job = self._read(folder)
+                self._jobs[job.job_id] = job
+                if job.state == "running":
+                    self._recover(job)
             queued = [job for job in self._jobs.values() if job.state == "queued"]
         return sorted(queued, key=lambda job: job.status.get("created", 0.0))
 
     def _read(self, folder: Path) -> Job:
-        request = _read_json(folder / "request.json")
-        status = _read_json(folder / "status.json")
+        request = _read_json(folder, "request.json")
+        status = _read_json(folder, "status.json")
         job = Job(folder.name, folder, request if isinstance(request, dict) else {},
                   status if isinstance(status, dict) else {})
         if not isinstance(request, dict):
@@ -91,7 +104,7 @@ class JobStore:
         job.status = {**_new_status(job.job_id, job.request, {}, "unknown"), **job.status,
                       "state": "failed", "message": message, "finished": time.time()}
         job.status.setdefault("outputs", {})
-        _write_json(job.folder / "status.json", job.status)
+        self._persist(job)
         log.warning("job %s: %s", job.job_id, message)
 
     def _recover(self, job: Job) -> None:
@@ -101,7 +114,7 @@ class JobStore:
                        "memory, or being killed), so it is not retried: submit it again with a lower resolution "
                        "or fewer steps")
             self.update(job, state="failed", message=message, finished=time.time())
-        elif job.checkpoint.exists():
+        elif is_real_file_inside(job.folder, CHECKPOINT_NAME):
             self.update(job, state="queued", message="the backend restarted: the job resumes from its last checkpoint")
         else:
             self.update(job, state="queued", message="the backend restarted before the first checkpoint: "
@@ -110,6 +123,7 @@ class JobStore:
     # -- access -----------------------------------------------------------------------------------
 
     def create(self, request: dict[str, Any], config: dict[str, Any], device: str) -> Job:
+        """A new queued job on disk. OSError if the data folder cannot take it (nothing is left behind)."""
         with self._lock:
             job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
             while job_id in self._jobs:
@@ -117,8 +131,12 @@ class JobStore:
             folder = self.root / job_id
             folder.mkdir()
             job = Job(job_id, folder, request, _new_status(job_id, request, config, device))
-            _write_json(folder / "request.json", request)
-            _write_json(folder / "status.json", job.status)
+            try:
+                _write_json(folder / "request.json", request)
+                _write_json(folder / "status.json", job.status)
+            except OSError:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
             job.persisted_at = time.monotonic()
             self._jobs[job_id] = job
             return job
@@ -145,10 +163,31 @@ class JobStore:
             job.status.update(changes)
             now = time.monotonic()
             if persist or state_changed or now - job.persisted_at > PERSIST_EVERY_S:
-                _write_json(job.folder / "status.json", job.status)
                 job.persisted_at = now
+                self._persist(job)
         if state_changed:
             self.on_state(job)
+
+    def _persist(self, job: Job) -> None:
+        """Write status.json; on failure keep the status in memory for retry_unsaved(). Never raises."""
+        if not is_real_dir(job.folder):  # swapped for a link (or removed): never write through it
+            log.error("job %s: %s is no longer a real folder; its status is not written", job.job_id, job.folder)
+            job.unsaved = False
+            return
+        try:
+            _write_json(job.folder / "status.json", job.status)
+            job.unsaved = False
+        except OSError as error:
+            if not job.unsaved:
+                log.error("job %s: status not saved (%s); retrying until the data folder takes it", job.job_id,
+                          write_problem(error))
+            job.unsaved = True
+
+    def retry_unsaved(self) -> None:
+        """Write the statuses whose last write failed (called now and then by the server)."""
+        with self._lock:
+            for job in [job for job in self._jobs.values() if job.unsaved]:
+                self._persist(job)
 
     def public(self, job: Job) -> dict[str, Any]:
         """The status a client sees: outputs as names, plus whether a preview can be fetched."""
@@ -156,32 +195,34 @@ class JobStore:
             status = dict(job.status)
         status["outputs"] = sorted(status.get("outputs", {}))
         status["request"] = job.request
-        status["has_preview"] = (job.folder / PREVIEW_NAME).is_file()
+        status["has_preview"] = is_real_file_inside(job.folder, PREVIEW_NAME)
         status["cancel_requested"] = job.cancel.is_set() and status["state"] not in FINAL_STATES
         return status
 
-    def result_path(self, job: Job, name: str) -> Path:
-        """The file behind a result name; only the job's recorded outputs and its preview qualify,
-        and the path must lie inside the job's folder."""
+    def open_result(self, job: Job, name: str) -> tuple[BinaryIO, Path]:
+        """The open file behind a result name, and its path; only the job's recorded outputs and its
+        preview qualify, and each must be a real file inside the job's folder (no link on the way)."""
         with self._lock:
             outputs = dict(job.status.get("outputs", {}))
         relative = PREVIEW_NAME if name == PREVIEW_NAME else outputs.get(name)
-        folder = job.folder.resolve()
-        path = (folder / relative).resolve() if relative else None
-        if path is None or not path.is_relative_to(folder) or not path.is_file():
+        try:
+            if relative is None:
+                raise FileNotFoundError(name)
+            return open_inside(job.folder, relative), job.folder / relative
+        except OSError:
             names = ", ".join(sorted(outputs)) or "none yet"
             raise ProtocolError(f"job {job.job_id} has no result {name!r}: its results are {names} "
-                                f"({PREVIEW_NAME} once a preview exists)", "name", "not_found")
-        return path
+                                f"({PREVIEW_NAME} once a preview exists)", "name", "not_found") from None
 
     def record_outputs(self, job: Job, outputs: dict[str, Any]) -> dict[str, str]:
-        """name -> path relative to the job folder, for the outputs that lie inside it."""
-        folder = job.folder.resolve()
+        """name -> path relative to the job folder, for the outputs that are real files inside it."""
         kept = {}
         for name, path in outputs.items():
-            path = (folder / Path(path)).resolve()
-            if FILE_NAME_PATTERN.fullmatch(str(name)) and path.is_relative_to(folder) and path.is_file():
-                kept[str(name)] = path.relative_to(folder).as_posix()
+            path = Path(path)
+            relative = path.relative_to(job.folder) if path.is_relative_to(job.folder) else path
+            if (FILE_NAME_PATTERN.fullmatch(str(name)) and not relative.is_absolute()
+                    and is_real_file_inside(job.folder, relative)):
+                kept[str(name)] = relative.as_posix()
             else:
                 log.warning("job %s: output %s at %s is outside the job folder, missing or badly named; not served",
                             job.job_id, name, path)
@@ -194,8 +235,9 @@ def _new_status(job_id: str, request: dict, config: dict, device: str) -> dict[s
             "device": device, "preview_step": None, "config": config}
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(folder: Path, name: str) -> Any:
+    data = read_inside(folder, name)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return None if data is None else json.loads(data.decode("utf-8"))
+    except ValueError:
         return None

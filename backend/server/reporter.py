@@ -1,13 +1,15 @@
 """Turns the training loop's events (backend/events.py) for one job into protocol events, at a
-bounded rate: progress at most every `progress_interval_s`, previews (PNG-encoded here, in the worker
-thread) at most every `preview_interval_s`. The newest preview is also written to the job folder so a
-client that joins late can fetch it. flush() sends what the rate limit held back."""
+bounded rate: progress at most every `progress_interval_s`, previews (PNG-encoded here, in the job's
+worker process, not in the server) at most every `preview_interval_s`. The newest preview is also
+written to the job folder so a client that joins late can fetch it. flush() sends what the rate limit
+held back. Events leave through `send(type, header_fields, *binary_frames)`."""
 from __future__ import annotations
 
 import io
 import logging
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -16,8 +18,6 @@ from shared.protocol import PREVIEW_NAME
 
 from ..events import CoarseMesh, Event, Finished, Log, Preview, Progress
 from ..fileio import write_atomic
-from .jobs import Job, JobStore
-from .publish import EventBus
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ def mesh_frames(mesh: CoarseMesh) -> tuple[dict[str, Any], list[bytes]]:
 class JobReporter:
     """The `on_event` callback handed to train() for one job."""
 
-    def __init__(self, job: Job, store: JobStore, bus: EventBus, preview_interval_s: float = 0.5,
+    def __init__(self, job_id: str, folder: Path, send: Callable[..., None], preview_interval_s: float = 0.5,
                  progress_interval_s: float = 0.1):
-        self.job, self.store, self.bus = job, store, bus
+        self.job_id, self.folder, self.send = job_id, Path(folder), send
         self.preview_interval_s, self.progress_interval_s = preview_interval_s, progress_interval_s
         self._last_preview_at = self._last_progress_at = -float("inf")
         self._pending_preview: Preview | None = None
@@ -58,24 +58,23 @@ class JobReporter:
                 self._send_preview()
         elif isinstance(event, CoarseMesh):
             header, frames = mesh_frames(event)
-            self.bus.publish(self.job.job_id, "mesh", header, *frames)
+            self.send("mesh", header, *frames)
         elif isinstance(event, Log):
             getattr(log, event.level if event.level in ("info", "warning", "error") else "info")(
-                "job %s: %s", self.job.job_id, event.message)
-            self.bus.publish(self.job.job_id, "log", {"level": event.level, "message": str(event.message)})
+                "job %s: %s", self.job_id, event.message)
+            self.send("log", {"level": event.level, "message": str(event.message)})
         elif isinstance(event, Finished):
             pass  # the outputs come back as train()'s result; the server announces them after recording
 
     def _progress(self, event: Progress) -> None:
         fields = {"step": int(event.step), "total": int(event.total), "t": int(event.t), "loss": float(event.loss),
                   "it_per_s": float(event.it_per_s), "eta_s": float(event.eta_s)}
-        self.store.update(self.job, persist=False, step=fields["step"], total=fields["total"])
         self._pending_progress = fields
         if time.monotonic() - self._last_progress_at >= self.progress_interval_s:
             self._send_progress()
 
     def _send_progress(self) -> None:
-        self.bus.publish(self.job.job_id, "progress", self._pending_progress)
+        self.send("progress", self._pending_progress)
         self._pending_progress, self._last_progress_at = None, time.monotonic()
 
     def _send_preview(self) -> None:
@@ -83,10 +82,9 @@ class JobReporter:
         self._last_preview_at = time.monotonic()
         image = np.asarray(preview.image)
         png = encode_png(image)
-        write_atomic(self.job.folder / PREVIEW_NAME, png)
-        self.store.update(self.job, persist=False, preview_step=int(preview.step))
-        self.bus.publish(self.job.job_id, "preview", {"step": int(preview.step), "width": int(image.shape[1]),
-                                                      "height": int(image.shape[0])}, png)
+        write_atomic(self.folder / PREVIEW_NAME, png)
+        self.send("preview", {"step": int(preview.step), "width": int(image.shape[1]), "height": int(image.shape[0])},
+                  png)
 
     def flush(self) -> None:
         """Send the newest progress and preview that the rate limits held back."""

@@ -1,16 +1,18 @@
 """The backend server: a ROUTER socket for commands (info, submit, cancel, status, jobs, fetch) and a
 PUB socket, on the next port, for events. One loop on one thread owns both sockets and never waits
-on training: jobs run on one worker thread per device (worker.py), their events come back through
-inproc sockets (publish.py) and are forwarded to subscribers. Every request is validated
-(shared.protocol); anything malformed gets an error reply naming the field, and the loop goes on.
+on training: jobs run in one worker process per device (job_process.py), driven by one thread per
+device here (worker.py), whose events come back through inproc sockets (publish.py) and are
+forwarded to subscribers. Every request is validated (shared.protocol); anything malformed gets an
+error reply naming the field, and the loop goes on. docs/server.md describes the process model.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -20,30 +22,45 @@ from shared.protocol import (DEFAULT_HOST, DEFAULT_PORT, HARD_FRAME_LIMIT, MAX_R
 from shared.version import PROTOCOL_VERSION, __version__
 
 from ..errors import UserError
+from .cli import MAX_QUEUED, WORKER_NICE
+from .datadir import check_writable, write_problem
+from .executor import JobExecutor, ProcessExecutor
+from .job_process import TrainFn, WorkerOptions
 from .jobs import Job, JobStore
-from .prior_cache import Loader, PriorCache
+from .models import ModelRoots
+from .prior_cache import Loader
 from .publish import EventBus
 from .requests import config_from_request, default_device, resolve_device
 from .security import ServerKeys, check_bind, secure_socket, start_authenticator
-from .worker import DeviceWorker, JobRunner, RunSettings, TrainFn
+from .worker import DeviceWorker, RunSettings
 
 log = logging.getLogger(__name__)
 
 EVENT_HWM = 200          # events queued per subscriber; a slow client loses old ones, the server stays small
 POLL_MS = 100            # how often the loop looks at the stop flag
 SHUTDOWN_WAIT_S = 60.0   # how long a stopping server waits for the running job to checkpoint
+RETRY_SAVE_S = 1.0       # how often statuses a full disk refused are written again
 
 
 class Server:
     def __init__(self, data_dir: str | Path = "results/server", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  device: str = "auto", *, keys: ServerKeys | None = None, train_fn: TrainFn | None = None,
                  prior_loader: Loader | None = None, max_priors: int = 2, coarse_mesh_every: int = 100,
-                 preview_interval_s: float = 0.5, progress_interval_s: float = 0.1, event_hwm: int = EVENT_HWM):
-        """port=0 picks a free pair of ports (commands, events = commands + 1); see .port after start."""
-        self.data_dir, self.host, self.port, self.keys = Path(data_dir), host, port, keys
-        self.event_hwm = event_hwm
-        self._device_choice, self._train_fn = device, train_fn
-        self.priors = PriorCache(prior_loader, max_priors)
+                 preview_interval_s: float = 0.5, progress_interval_s: float = 0.1, event_hwm: int = EVENT_HWM,
+                 model_roots: list[str | Path] = (), max_queued: int = MAX_QUEUED,
+                 executor_factory: Callable[[str], JobExecutor] | None = None,
+                 worker_nice: int = WORKER_NICE):
+        """port=0 picks a free pair of ports (commands, events = commands + 1); see .port after start.
+        train_fn and prior_loader (tests, benchmarks) run in the worker processes, so they must be
+        picklable: module-level functions, functools.partial of them, or instances of module-level
+        classes. executor_factory(device) -> JobExecutor replaces the worker processes altogether."""
+        self.data_dir, self.host, self.port, self.keys = Path(data_dir).absolute(), host, port, keys
+        self.event_hwm, self.max_queued = event_hwm, max_queued
+        self._device_choice = device
+        self.models = ModelRoots(model_roots)
+        options = WorkerOptions(train_fn, prior_loader, max_priors, logging.getLogger().getEffectiveLevel(),
+                                worker_nice)
+        self._executor_factory = executor_factory or (lambda device: ProcessExecutor(device, options))
         self._run_options = dict(coarse_mesh_every=coarse_mesh_every, preview_interval_s=preview_interval_s,
                                  progress_interval_s=progress_interval_s)
         self._stop = threading.Event()
@@ -57,6 +74,7 @@ class Server:
         the address is refused or taken. The thread that calls start() must run serve_forever()."""
         check_bind(self.host, self.keys)
         self.device = default_device(self._device_choice)
+        check_writable(self.data_dir)
         self._context = zmq.Context()
         try:
             self._authenticator = start_authenticator(self._context, self.keys)
@@ -73,8 +91,7 @@ class Server:
             raise
         self.bus = EventBus(self._context, f"inproc://distill3d-events-{id(self)}")
         self.store = JobStore(self.data_dir, on_state=self._announce_state)
-        self.runner = JobRunner(self.store, self.bus, self.priors, RunSettings(self.device, **self._run_options),
-                                self._train_fn)
+        self.settings = RunSettings(self.device, **self._run_options)
         for job in self.store.load():
             self._worker(job.status.get("device") or self.device).enqueue(job)
         self._started = True
@@ -90,9 +107,13 @@ class Server:
         poller = zmq.Poller()
         poller.register(self._commands, zmq.POLLIN)
         poller.register(self._inbox, zmq.POLLIN)
+        next_retry = time.monotonic() + RETRY_SAVE_S
         try:
             while not self._stop.is_set():
                 ready = dict(poller.poll(POLL_MS))
+                if time.monotonic() > next_retry:
+                    self.store.retry_unsaved()
+                    next_retry = time.monotonic() + RETRY_SAVE_S
                 if self._inbox in ready:
                     self._forward_events()
                 if self._commands in ready:
@@ -130,13 +151,20 @@ class Server:
             raise failure[0]
         return thread
 
+    def worker_pids(self) -> dict[str, int | None]:
+        """device -> the process id of its worker (None before its first job or after it died)."""
+        return {device: getattr(worker.executor, "pid", None) for device, worker in self._workers.items()}
+
     def _shutdown(self) -> None:
-        self.runner.shutting_down.set()  # the running job checkpoints and goes back to "queued"
         for worker in self._workers.values():
-            worker.stop()
+            worker.stop()  # the running job checkpoints and goes back to "queued"
         deadline = time.monotonic() + SHUTDOWN_WAIT_S
         for worker in self._workers.values():
             worker.join(max(0.0, deadline - time.monotonic()))
+        for worker in self._workers.values():
+            if worker.is_alive():  # its job did not stop in time: end the process; the job resumes next start
+                worker.executor.close(wait_s=0.0)
+                worker.join(10)
         self._forward_events()
         if any(worker.is_alive() for worker in self._workers.values()):
             # A step that will not end: leave its thread and sockets to the process exit (closing a socket
@@ -146,7 +174,6 @@ class Server:
             return
         self.bus.close()
         self._close_sockets()
-        self.priors.clear()
         log.info("Distill3D backend stopped")
 
     def _close_sockets(self) -> None:
@@ -190,7 +217,8 @@ class Server:
     def _worker(self, device: str) -> DeviceWorker:
         device = resolve_device(device, self.device)
         if device not in self._workers:
-            self._workers[device] = DeviceWorker(device, self.runner)
+            self._workers[device] = DeviceWorker(device, self._executor_factory(device), self.store, self.bus,
+                                                 self.settings, self.models)
             self._workers[device].start()
         return self._workers[device]
 
@@ -244,7 +272,8 @@ class Server:
 
     def _cmd_info(self) -> tuple[dict, list]:
         return {"version": __version__, "protocol": PROTOCOL_VERSION, "device": self.device,
-                "devices": _devices(), "loaded_priors": self.priors.loaded(), "presets": list(PRESETS),
+                "devices": _devices(), "presets": list(PRESETS),
+                "loaded_priors": [prior for w in self._workers.values() for prior in w.executor.loaded_priors],
                 "event_port": self.port + 1,
                 "running": [job.job_id for job in (w.current for w in self._workers.values()) if job is not None],
                 "queued": sum(w.queued() for w in self._workers.values())}, []
@@ -252,7 +281,17 @@ class Server:
     def _cmd_submit(self, request: dict[str, Any]) -> tuple[dict, list]:
         fields = validate_request(request)
         config = config_from_request(fields, self.device, self._run_options["coarse_mesh_every"])
-        job = self.store.create(fields, config.to_dict(), config.device)
+        self.models.resolve(config.prior)
+        waiting = sum(w.queued() for w in self._workers.values())
+        if waiting >= self.max_queued:
+            raise ProtocolError(f"the backend's queue is full ({waiting} jobs waiting): wait for some to finish or "
+                                "cancel queued ones, then submit again", "queue", "unavailable")
+        try:
+            job = self.store.create(fields, config.to_dict(), config.device)
+        except OSError as error:
+            raise ProtocolError(f"{write_problem(error)}, so it cannot take the job: submit it again once the "
+                                "backend's operator has freed space or fixed the folder", "data_dir",
+                                "unavailable") from None
         self._worker(config.device).enqueue(job)
         self._announce_state(job)
         log.info("job %s queued on %s: %r", job.job_id, config.device, config.prompt)
@@ -266,6 +305,8 @@ class Server:
             if worker is not None and worker.remove(job):
                 self.store.update(job, state="cancelled", message="cancelled before it started",
                                   finished=time.time())
+            elif worker is not None:
+                worker.cancel(job)
         return self.store.public(job), []
 
     def _cmd_status(self, job_id: str) -> tuple[dict, list]:
@@ -275,12 +316,13 @@ class Server:
         return [self.store.public(job) for job in self.store.newest_first(limit)], []
 
     def _cmd_fetch(self, job_id: str, name: str) -> tuple[dict, list]:
-        path = self.store.result_path(self.store.get(job_id), name)
-        size = path.stat().st_size
-        if size > MAX_REPLY_BYTES:
-            raise ProtocolError(f"{name} is {size} bytes, over the {MAX_REPLY_BYTES}-byte reply limit: copy it from "
-                                f"{path} on the backend machine", "name", "too_large")
-        data = path.read_bytes()
+        handle, path = self.store.open_result(self.store.get(job_id), name)
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_REPLY_BYTES:
+                raise ProtocolError(f"{name} is {size} bytes, over the {MAX_REPLY_BYTES}-byte reply limit: copy it "
+                                    f"from {path} on the backend machine", "name", "too_large")
+            data = handle.read()
         return {"name": name, "size": len(data)}, [data]
 
 

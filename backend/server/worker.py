@@ -1,36 +1,34 @@
-"""One worker thread per device runs that device's jobs one at a time, so the command loop never
-waits on training. A job's end is always recorded: done (with its outputs), cancelled, failed with a
-message the user can act on, or queued again when the server shuts down mid-job (it resumes from
-its checkpoint at the next start)."""
+"""One DeviceWorker thread per device, in the server process: it keeps that device's queue, hands
+one job at a time to the device's JobExecutor (executor.py: a worker process), relays the job's
+events to subscribers and records how the job ended. The thread itself only waits on a pipe and
+writes small status files, so it never holds the GIL for long and never dies: any failure (a write
+error, a dead worker process) ends that job, and the next job runs.
+
+A job's end is always recorded: done (with its outputs), cancelled, failed with a message the user
+can act on, or queued again when the server shuts down mid-job (it resumes from its checkpoint at
+the next start).
+"""
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
-import traceback
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from shared.protocol import ProtocolError
 
-from ..errors import UserError
-from .jobs import Job, JobStore
-from .prior_cache import PriorCache, free_device_memory
+from .datadir import is_real_dir, is_real_file_inside
+from .executor import JobExecutor, WorkerLost
+from .job_process import JobSpec
+from .jobs import CHECKPOINT_NAME, Job, JobStore
+from .models import ModelRoots
 from .publish import EventBus
-from .reporter import JobReporter
-from .requests import config_from_request
 
 log = logging.getLogger(__name__)
 
-TrainFn = Callable[..., Any]  # backend.train.train's signature
-
-
-def _default_train(*args: Any, **kwargs: Any) -> Any:
-    from ..train import train
-
-    return train(*args, **kwargs)
+RECEIVE_S = 0.2  # how often the relay loop looks at a job's cancel flag between messages
 
 
 @dataclass
@@ -42,88 +40,20 @@ class RunSettings:
     progress_interval_s: float = 0.1
 
 
-class JobRunner:
-    """Runs one job to its end. Shared by the device workers."""
-
-    def __init__(self, store: JobStore, bus: EventBus, priors: PriorCache, settings: RunSettings,
-                 train_fn: TrainFn | None = None):
-        self.store, self.bus, self.priors, self.settings = store, bus, priors, settings
-        self.train_fn = train_fn or _default_train
-        self.shutting_down = threading.Event()
-
-    def run(self, job: Job) -> None:
-        if job.cancel.is_set():
-            self.store.update(job, state="cancelled", message="cancelled before it started", finished=time.time())
-            return
-        resume = job.checkpoint.exists()
-        self.store.update(job, state="running", started=time.time(), attempts=int(job.status.get("attempts", 0)) + 1,
-                          message=f"resuming from the checkpoint in {job.folder.name}" if resume else "")
-        reporter = JobReporter(job, self.store, self.bus, self.settings.preview_interval_s,
-                               self.settings.progress_interval_s)
-        result = error = None
-        try:
-            device = job.status.get("device") or self.settings.default_device  # "auto" as resolved at submit
-            config = config_from_request(job.request, device, self.settings.coarse_mesh_every)
-            prior = self.priors.get(config.prior, config.device, config.resolution, config.offline,
-                                    config.prior_options)
-            result = self.train_fn(config, job.folder, on_event=reporter,
-                                   should_stop=lambda: job.cancel.is_set() or self.shutting_down.is_set(),
-                                   prior=prior, resume=resume)
-        except Exception as caught:  # noqa: BLE001 - every failure must end as a recorded state
-            error = caught
-            if not isinstance(error, (UserError, ProtocolError)):
-                log.error("job %s crashed:\n%s", job.job_id, traceback.format_exc())
-            error.__traceback__ = None  # its frames hold the job's tensors
-        reporter.flush()
-        prior = reporter = None
-        free_device_memory()  # the job's tensors are garbage now: give them back before saying it ended
-        if error is None:
-            self._finish(job, result)
-        else:
-            self._fail(job, error)
-
-    def _finish(self, job: Job, result: Any) -> None:
-        step = job.status.get("step", 0)
-        if getattr(result, "stopped", False):
-            if job.cancel.is_set():
-                self.store.update(job, state="cancelled", message=f"cancelled at step {step}", finished=time.time())
-            else:
-                self.store.update(job, state="queued", message=f"the backend stopped at step {step}: the job resumes "
-                                                               "from its checkpoint when the backend starts again")
-            return
-        outputs = self.store.record_outputs(job, dict(getattr(result, "outputs", {}) or {}))
-        self.store.update(job, state="done", message="finished", finished=time.time(), outputs=outputs,
-                          step=job.status.get("total", step))
-        self.bus.publish(job.job_id, "result", {"outputs": sorted(outputs)})
-
-    def _fail(self, job: Job, error: Exception) -> None:
-        step = job.status.get("step", 0)
-        torch = sys.modules.get("torch")
-        if isinstance(error, UserError):
-            message = str(error)
-        elif torch is not None and isinstance(error, torch.cuda.OutOfMemoryError):
-            message = (f"the GPU ran out of memory at step {step}: lower resolution or batch_size, choose a smaller "
-                       "preset, or close other programs using the GPU, then submit again")
-        elif isinstance(error, ProtocolError):  # a stored request this backend no longer accepts
-            message = f"this job's request is no longer valid ({error}): submit it again"
-        else:
-            message = (f"the job crashed at step {step} ({type(error).__name__}: {error}); the backend log has the "
-                       "details. Try another seed or a lower lr, and report it if it happens again")
-        self.store.update(job, state="failed", message=message, finished=time.time(),
-                          error_type=type(error).__name__)
-        self.bus.publish(job.job_id, "log", {"level": "error", "message": message})
-
-
 class DeviceWorker(threading.Thread):
-    """A queue of jobs for one device and the thread that runs them in order."""
+    """A queue of jobs for one device and the thread that runs them in order on its executor."""
 
-    def __init__(self, device: str, runner: JobRunner):
+    def __init__(self, device: str, executor: JobExecutor, store: JobStore, bus: EventBus, settings: RunSettings,
+                 models: ModelRoots):
         super().__init__(name=f"distill3d-worker-{device}", daemon=True)
-        self.device, self.runner = device, runner
+        self.device, self.executor, self.store, self.bus = device, executor, store, bus
+        self.settings, self.models = settings, models
         self._queue: deque[Job] = deque()
         self._wakeup = threading.Condition()
         self._stopping = False
         self.current: Job | None = None
+
+    # -- called from the command thread ----------------------------------------------------------------
 
     def enqueue(self, job: Job) -> None:
         with self._wakeup:
@@ -138,24 +68,118 @@ class DeviceWorker(threading.Thread):
                 return True
             return False
 
+    def cancel(self, job: Job) -> None:
+        """Ask the running job to stop (its cancel flag is already set)."""
+        if self.current is job:
+            self.executor.cancel(job.job_id)
+
     def queued(self) -> int:
         with self._wakeup:
             return len(self._queue)
 
     def stop(self) -> None:
+        """The running job checkpoints and goes back to "queued"; then the thread and its worker end."""
         with self._wakeup:
             self._stopping = True
             self._wakeup.notify()
+        self.executor.stop()
+
+    # -- the thread -------------------------------------------------------------------------------------
 
     def run(self) -> None:
+        try:
+            while True:
+                with self._wakeup:
+                    while not self._queue and not self._stopping:
+                        self._wakeup.wait()
+                    if self._stopping:
+                        return
+                    self.current = self._queue.popleft()
+                try:
+                    self._run(self.current)
+                except Exception as error:  # noqa: BLE001 - the queue must outlive any one job
+                    log.exception("job %s: the server failed while running it", self.current.job_id)
+                    if self._stopping:  # stays as it is on disk; the next start recovers it
+                        return
+                    self._fail(self.current, f"the backend failed while running the job ({type(error).__name__}: "
+                                             f"{error}); its log has the details: resubmit the job", "ServerError")
+                finally:
+                    self.current = None
+        finally:
+            self.executor.close(wait_s=30.0)
+
+    def _run(self, job: Job) -> None:
+        if job.cancel.is_set():
+            self.store.update(job, state="cancelled", message="cancelled before it started", finished=time.time())
+            return
+        try:
+            prior = self.models.resolve(job.status.get("config", {}).get("prior") or job.request.get("prior", "shapes"))
+        except ProtocolError as error:  # the model roots changed since it was submitted
+            self._fail(job, f"this job's request is no longer valid ({error}): resubmit the job", "ProtocolError")
+            return
+        if not is_real_dir(job.folder):
+            self._fail(job, "the job's folder is no longer a real folder inside the backend's data folder, so the "
+                            "job cannot run: resubmit the job", "DataFolderError")
+            return
+        resume = is_real_file_inside(job.folder, CHECKPOINT_NAME)
+        self.store.update(job, state="running", started=time.time(), attempts=int(job.status.get("attempts", 0)) + 1,
+                          message=f"resuming from the checkpoint in {job.folder.name}" if resume else "")
+        spec = JobSpec(job.job_id, str(job.folder), job.request, job.status.get("device") or self.device, prior,
+                       resume, self.settings.coarse_mesh_every, self.settings.preview_interval_s,
+                       self.settings.progress_interval_s)
+        self.executor.run(spec)
+        self._relay(job)
+
+    def _relay(self, job: Job) -> None:
+        """Pass the job's events on until it ends."""
+        cancel_sent = stop_sent = False
         while True:
-            with self._wakeup:
-                while not self._queue and not self._stopping:
-                    self._wakeup.wait()
-                if self._stopping:
-                    return
-                self.current = self._queue.popleft()
+            if job.cancel.is_set() and not cancel_sent:  # in case the cancel raced the job's start
+                self.executor.cancel(job.job_id)
+                cancel_sent = True
+            if self._stopping and not stop_sent:  # in case stop() raced the job's start
+                self.executor.stop()
+                stop_sent = True
             try:
-                self.runner.run(self.current)
-            finally:
-                self.current = None
+                message = self.executor.receive(RECEIVE_S)
+            except WorkerLost as lost:
+                if self._stopping:  # killed at shutdown: stays "running" on disk, resumes at the next start
+                    return
+                step = job.status.get("step", 0)
+                self._fail(job, f"{lost} at step {step}: resubmit the job (with a lower resolution or fewer steps "
+                                "if it happens again); the backend log may have details", "WorkerLost")
+                return
+            if message is None:
+                continue
+            if message[0] == "event":
+                self._event(job, *message[2:])
+            elif message[0] == "end":
+                self._end(job, message[2])
+                return
+
+    def _event(self, job: Job, kind: str, fields: dict[str, Any], frames: list[bytes]) -> None:
+        if kind == "progress":
+            self.store.update(job, persist=False, step=fields["step"], total=fields["total"])
+        elif kind == "preview":
+            self.store.update(job, persist=False, preview_step=fields["step"])
+        self.bus.publish(job.job_id, kind, fields, *frames)
+
+    def _end(self, job: Job, outcome: dict[str, Any]) -> None:
+        step = job.status.get("step", 0)
+        state = outcome["state"]
+        if state == "done":
+            outputs = self.store.record_outputs(job, outcome.get("outputs", {}))
+            self.store.update(job, state="done", message="finished", finished=time.time(), outputs=outputs,
+                              step=job.status.get("total", step))
+            self.bus.publish(job.job_id, "result", {"outputs": sorted(outputs)})
+        elif state == "cancelled":
+            self.store.update(job, state="cancelled", message=f"cancelled at step {step}", finished=time.time())
+        elif state == "stopped":
+            self.store.update(job, state="queued", message=f"the backend stopped at step {step}: the job resumes "
+                                                           "from its checkpoint when the backend starts again")
+        else:
+            self._fail(job, outcome["message"], outcome.get("error_type", "Error"))
+
+    def _fail(self, job: Job, message: str, error_type: str) -> None:
+        self.store.update(job, state="failed", message=message, finished=time.time(), error_type=error_type)
+        self.bus.publish(job.job_id, "log", {"level": "error", "message": message})

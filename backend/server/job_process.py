@@ -42,7 +42,7 @@ TrainFn = Callable[..., Any]  # backend.train.train's signature
 
 # Sentences written for the command line that a server user cannot act on -> what they can do.
 _CLI_WORDING = {
-    "delete it, or start the run again without --resume": "resubmit the job (it then starts from the beginning)",
+    "delete it and run again": "resubmit the job (it then starts from the beginning)",
     "choose another folder with --out": "resubmit the job once the backend's data folder can be written",
     "resume with the same prompt, or use another --out": "resubmit the job",
 }

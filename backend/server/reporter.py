@@ -78,6 +78,8 @@ class JobReporter:
         self._pending_progress, self._last_progress_at = None, time.monotonic()
 
     def _send_preview(self) -> None:
+        if self._pending_progress is not None:  # a preview never runs ahead of the step status reports
+            self._send_progress()
         preview, self._pending_preview = self._pending_preview, None
         self._last_preview_at = time.monotonic()
         image = np.asarray(preview.image)

@@ -21,7 +21,7 @@ from ..cameras import Cameras
 TEXT, UNCOND, NEGATIVE = "text", "uncond", "negative"
 CONDITIONS = (TEXT, UNCOND, NEGATIVE)
 
-# NFSD's negative prompt (METHODS.md). Also the default negative prompt where one is wanted.
+# NFSD's negative prompt (docs/methods.md, NFSD). Also the default negative prompt where one is wanted.
 NFSD_NEGATIVE_PROMPT = ("unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, dark, "
                         "low-resolution, gloomy")
 

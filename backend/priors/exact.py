@@ -1,6 +1,6 @@
 """Priors whose denoiser is known exactly: the data is a finite set of images per condition.
 
-For a finite set {x_k}, the optimal denoiser is the posterior mean (DESIGN.md §2):
+For a finite set {x_k}, the optimal denoiser is the posterior mean (docs/design.md, "The built-in exact prior"):
     x0_hat(z_t) = sum_k softmax_k(-|z_t - a_t x_k|^2 / (2 s_t^2)) x_k,   eps_hat = (z_t - a_t x0_hat) / s_t.
 So every method's terms mean what they mean on Stable Diffusion, but the truth is known.
 """

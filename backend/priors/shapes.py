@@ -1,4 +1,4 @@
-"""The built-in exact prior (DESIGN.md §2): a finite world of shapes, rendered exactly for each view.
+"""The built-in exact prior (docs/design.md, "The exact prior"): a finite world of shapes, rendered exactly for each view.
 
 Its denoiser is the exact posterior mean over the renders of the objects a condition selects
 (backend/priors/exact.py). TEXT = the objects the prompt names, UNCOND = every object, NEGATIVE =

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# threestudio's DreamFusion-SD ranges (../shared/METHODS.md, "The NeRF side").
+# threestudio's DreamFusion-SD ranges (docs/methods.md, "The NeRF side").
 DISTANCE_RANGE = (1.5, 2.0)
 FOVY_RANGE_DEG = (40.0, 70.0)
 ELEVATION_RANGE_DEG = (-10.0, 45.0)
@@ -59,8 +59,9 @@ class Cameras:
         return origins, dirs
 
     def to(self, device: torch.device | str) -> "Cameras":
-        return Cameras(self.c2w.to(device), self.fovy.to(device), self.elevation.to(device),
-                       self.azimuth.to(device), self.distance.to(device), self.height, self.width)
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731  (no host wait for a copy to the GPU)
+        return Cameras(move(self.c2w), move(self.fovy), move(self.elevation), move(self.azimuth),
+                       move(self.distance), self.height, self.width)
 
 
 def orbit_cameras(elevation_deg: torch.Tensor, azimuth_deg: torch.Tensor, distance: torch.Tensor,
@@ -87,7 +88,7 @@ def _uniform(n: int, low_high: tuple[float, float], generator: torch.Generator) 
 
 
 def sample_cameras(n: int, height: int, width: int, generator: torch.Generator) -> Cameras:
-    """Random training cameras with the ranges of the common baseline (METHODS.md)."""
+    """Random training cameras with the ranges of the common baseline (docs/methods.md)."""
     return orbit_cameras(_uniform(n, ELEVATION_RANGE_DEG, generator), _uniform(n, AZIMUTH_RANGE_DEG, generator),
                          _uniform(n, DISTANCE_RANGE, generator), _uniform(n, FOVY_RANGE_DEG, generator),
                          height, width)
@@ -111,7 +112,7 @@ def turntable_cameras(n: int, height: int, width: int, elevation_deg: float = 15
 
 
 def view_suffix(elevation_deg: float, azimuth_deg: float) -> str:
-    """DreamFusion's view-dependent prompt suffix (thresholds of METHODS.md)."""
+    """DreamFusion's view-dependent prompt suffix (thresholds of docs/methods.md)."""
     if elevation_deg > 60.0:
         return "overhead view"
     azimuth = (azimuth_deg + 180.0) % 360.0 - 180.0

@@ -2,37 +2,39 @@
 
 One function, `train`, used by the CLI, the Python API and the server. It reports through
 `on_event` (backend.events), stops cleanly when `should_stop()` turns true (checkpoint written), and
-writes into `out_dir`: previews/step_NNNNN.png, checkpoint.pt, turntable.png, report.json and the
-exported mesh files.
+writes into `out_dir`: previews/step_NNNNN.png and checkpoint.pt, then (backend.finish)
+turntable.png, report.json and the exported mesh files.
+
+A step never waits for the device: the NaN guard and the loss live on the device and are read every
+READ_EVERY steps (and at previews, checkpoints and the end), timings use CUDA events on a GPU. The
+only host syncs left in a step are the sample counts of the packed ray marcher (nerf/sampler.py,
+`known_sync`) and whatever the prior and method need.
 """
 from __future__ import annotations
 
-import json
-import platform
-import resource
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from shared.version import __version__
-from .cameras import sample_cameras, sample_light_positions, turntable_cameras
+from .cameras import sample_cameras, sample_light_positions
 from .checkpoint import load_checkpoint, nerf_settings, save_checkpoint
 from .config import GenerateConfig
 from .devices import resolve_device
 from .errors import UserError
-from .fileio import write_atomic
 from .events import CoarseMesh, EventCallback, Finished, Log, Preview, Progress, StopCheck, ignore_event, never_stop
+from .finish import finish, ground_truth_metrics, render_views  # noqa: F401  (ground_truth_metrics: public here)
+from .losses import total_loss
 from .methods import make_method
-from .methods.base import gradient_loss
+from .nan_guard import MAX_BAD_STEPS, NaNGuard
 from .nerf import NeRFModel
-from .pictures import grid, save_png, to_uint8
+from .pictures import save_png, to_uint8
 from .priors import Prior, View, load_prior
 from .runtime import tune_allocator
+from .step_timer import StepTimer
 
-MAX_BAD_STEPS = 20  # consecutive non-finite gradients before the run is abandoned
+READ_EVERY = 10  # steps between reads of the loss and the NaN guard (on a GPU each read is a sync)
 
 
 @dataclass
@@ -70,36 +72,19 @@ def active_levels(step: int, config: GenerateConfig) -> int:
     return min(config.hash_levels, config.hash_levels_start + extra)
 
 
-def orientation_weight(step: int, config: GenerateConfig) -> float:
-    """Linear ramp lambda_orientation -> lambda_orientation_end over orientation_ramp_steps."""
-    f = min(1.0, step / max(1, config.orientation_ramp_steps))
-    return config.lambda_orientation + f * (config.lambda_orientation_end - config.lambda_orientation)
-
-
 def augment_background(render, probability: float, generator: torch.Generator):
     """(rgb, background), both [B, H, W, 3]: the render as is, or, with `probability`, recomposited
     over a random solid colour (threestudio's random_aug), so the learned background cannot take
     on the object's colour and hide its silhouette from the prior (bench: cylinder IoU 0.16 -> 0.77)."""
     if torch.rand((), generator=generator).item() >= probability:
         return render.rgb, render.background
-    background = torch.rand(3, generator=generator).to(render.rgb).expand_as(render.background)
+    background = torch.rand(3, generator=generator).to(render.rgb, non_blocking=True).expand_as(render.background)
     return render.rgb + (1.0 - render.opacity) * (background - render.background), background
 
 
 def make_view(cameras, shading: str, lights: torch.Tensor, opacity: torch.Tensor, background: torch.Tensor) -> View:
     return View(cameras=cameras, shading=shading, light_positions=lights,
                 background=background.permute(0, 3, 1, 2).detach(), opacity=opacity.permute(0, 3, 1, 2).detach())
-
-
-@torch.no_grad()
-def render_views(model: NeRFModel, n: int, resolution: int, device: torch.device, shading: str = "lambertian"):
-    """n turntable views [n, H, W, 3], lit from the camera side."""
-    cams = turntable_cameras(n, resolution, resolution, device=device)
-    was_training = model.training
-    model.eval()  # no sample jitter in pictures
-    views = torch.cat([model.render(cams[i:i + 1], shading, cams.positions[i:i + 1] * 1.5).rgb for i in range(n)])
-    model.train(was_training)
-    return views
 
 
 def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignore_event,
@@ -131,7 +116,7 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
     optimizer = torch.optim.Adam([
         {"params": list(model.field_parameters()), "lr": config.lr},
         {"params": list(model.background_parameters()), "lr": config.background_lr},
-    ], betas=(0.9, 0.99), eps=1e-15)
+    ], betas=(0.9, 0.99), eps=1e-15, fused=True)  # fused: one pass per tensor, and found_inf (NaNGuard)
     start_step, elapsed_before = 0, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -146,61 +131,54 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
                         model=model.state_dict(), optimizer=optimizer.state_dict(),
                         method=method.state_dict(), generator=generator.get_state())
 
-    timings = {"render": [], "prior": [], "backward": [], "step": []}
-    bad_steps, stopped, loss_value, t_value = 0, False, float("nan"), 0
+    timer, guard = StepTimer(device), NaNGuard(device)
+    loss_sd = torch.full((), float("nan"), device=device)
+    loss_value, stopped = float("nan"), False
     run_start = time.perf_counter()
+    recent: list[float] = []  # host wall time of the last steps, for it/s
     step = start_step
     for step in range(start_step, config.steps):
         if should_stop():
             stopped = True
             break
-        t0 = time.perf_counter()
+        wall = time.perf_counter()
+        marks = [timer.mark()]
         model.set_active_levels(active_levels(step, config))
         if step % config.occupancy_every == 0:
             model.update_occupancy()
 
-        cameras = sample_cameras(config.batch_size, config.resolution, config.resolution, generator).to(device)
-        lights = sample_light_positions(cameras, generator)
+        cameras = sample_cameras(config.batch_size, config.resolution, config.resolution, generator)
+        lights = sample_light_positions(cameras, generator).to(device, non_blocking=True)
+        cameras = cameras.to(device)
         shading = shading_for_step(step, config, generator)
         render = model.render(cameras, shading, lights)
         rgb, background = augment_background(render, config.random_background_prob, generator)
         x = prior.encode(rgb.permute(0, 3, 1, 2))
-        t1 = time.perf_counter()
+        marks.append(timer.mark())
 
         out = method.gradient(x.detach(), step, make_view(cameras, shading, lights, render.opacity, background))
-        t2 = time.perf_counter()
+        marks.append(timer.mark())
 
-        grad = out.grad.to(x.dtype)
-        if not torch.isfinite(grad).all():
-            bad_steps += 1
-            optimizer.zero_grad(set_to_none=True)
-            on_event(Log("warning", f"step {step}: non-finite gradient, step skipped ({bad_steps} in a row)"))
-            if bad_steps >= MAX_BAD_STEPS:
-                checkpoint(step, elapsed_before + time.perf_counter() - run_start)
-                raise RuntimeError(f"training diverged: {bad_steps} steps in a row gave NaN/inf gradients. "
-                                   "Lower --cfg or the learning rate, or change --seed, and start again")
-            continue
-        bad_steps = 0
-        loss_sd = gradient_loss(x, grad)  # d loss / d x = g / B (METHODS.md)
-        loss = loss_sd + orientation_weight(step, config) * render.orientation_loss
-        if config.lambda_sparsity > 0:
-            loss = loss + config.lambda_sparsity * torch.sqrt(render.opacity ** 2 + 0.01).mean()
+        loss, loss_sd = total_loss(x, out.grad.to(x.dtype), render, step, config)
+        optimizer.found_inf = guard.check(out.grad, loss)  # a bad step changes nothing (fused Adam skips it)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        t3 = time.perf_counter()
+        marks.append(timer.mark())
+        timer.add(marks)
 
-        timings["render"].append(t1 - t0)
-        timings["prior"].append(t2 - t1)
-        timings["backward"].append(t3 - t2)
-        timings["step"].append(t3 - t0)
-        loss_value, t_value = float(loss_sd.detach()), out.t
         done = step + 1
-        recent = timings["step"][-20:]
+        recent = (recent + [time.perf_counter() - wall])[-20:]
+        previewing = bool(config.preview_every) and (done % config.preview_every == 0 or done == config.steps)
+        checkpointing = bool(config.checkpoint_every) and done % config.checkpoint_every == 0
+        if done % READ_EVERY == 0 or done == config.steps or previewing or checkpointing:
+            loss_value = read_guard(guard, loss_sd, step, on_event,
+                                    lambda: checkpoint(done, elapsed_before + time.perf_counter() - run_start))
+            timer.collect()
         it_per_s = len(recent) / max(sum(recent), 1e-9)
-        on_event(Progress(step=done, total=config.steps, t=int(t_value), loss=loss_value, it_per_s=it_per_s,
+        on_event(Progress(step=done, total=config.steps, t=int(out.t), loss=loss_value, it_per_s=it_per_s,
                           eta_s=(config.steps - done) / it_per_s))
-        if config.preview_every and (done % config.preview_every == 0 or done == config.steps):
+        if previewing:
             image = to_uint8(render_views(model, 1, config.resolution, device)[0])
             save_png(image, out_dir / "previews" / f"step_{done:05d}.png")
             on_event(Preview(step=done, image=image))
@@ -208,11 +186,12 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
             from .export import coarse_mesh
             vertices, faces, colors = coarse_mesh(model, threshold=config.mesh_threshold)
             on_event(CoarseMesh(step=done, vertices=vertices, faces=faces, colors=colors))
-        if config.checkpoint_every and done % config.checkpoint_every == 0:
+        if checkpointing:
             checkpoint(done, elapsed_before + time.perf_counter() - run_start)
     else:
         step = config.steps
 
+    timer.collect()
     elapsed = elapsed_before + time.perf_counter() - run_start
     checkpoint(step, elapsed)
     result = TrainResult(out_dir=out_dir, stopped=stopped)
@@ -221,65 +200,21 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
         on_event(Log("info", f"stopped at step {step}; resume with --resume (checkpoint {checkpoint_path})"))
         return result
 
-    model.eval()
-    views = render_views(model, 8, config.resolution, device)
-    result.outputs["turntable.png"] = save_png(grid(list(views), columns=4), out_dir / "turntable.png")
-    export_stats: dict = {}
-    if config.export_mesh:
-        from .export import export_mesh
-        try:
-            exported = export_mesh(model, out_dir, resolution=config.mesh_resolution, face_budget=config.face_budget,
-                                   texture_size=config.texture_size, smooth=config.mesh_smooth,
-                                   threshold=config.mesh_threshold)
-            result.outputs.update(exported.paths)
-            export_stats = exported.stats
-        except UserError as error:  # keep the run's other results; the mesh can be re-exported later
-            export_stats = {"error": str(error)}
-            on_event(Log("warning", f"mesh export failed: {error} Re-export with: python -m backend export "
-                                    f"{checkpoint_path} --threshold LOWER"))
-    result.report = build_report(config, prior, model, device, timings, elapsed, step, export_stats)
-    report_path = write_atomic(out_dir / "report.json", json.dumps(result.report, indent=2, default=str))
-    result.outputs["report.json"] = report_path
+    outputs, result.report = finish(config, model, prior, out_dir, device, timer.seconds, elapsed, step, on_event)
+    result.outputs.update(outputs)
     on_event(Finished(outputs={k: str(v) for k, v in result.outputs.items()}))
     return result
 
 
-def peak_memory_mb(device: torch.device) -> dict:
-    peak = {"cpu_max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
-    if device.type == "cuda":
-        peak["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return peak
-
-
-def build_report(config, prior, model, device, timings, elapsed, steps_done, export_stats) -> dict:
-    median = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
-    report = {
-        "settings": config.to_dict(),
-        "versions": {"distill3d": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "prior": prior.describe(),
-        "steps_done": steps_done,
-        "total_time_s": elapsed,
-        "median_step_s": median(timings["step"]),
-        "median_breakdown_s": {k: median(v) for k, v in timings.items() if k != "step"},
-        "peak_memory": peak_memory_mb(device),
-        "export": export_stats,
-    }
-    if hasattr(prior, "ground_truth"):
-        report["ground_truth"] = ground_truth_metrics(model, prior.ground_truth(), config.mesh_threshold)
-    return report
-
-
-@torch.no_grad()
-def ground_truth_metrics(model: NeRFModel, objects, threshold: float) -> dict:
-    """For the exact prior: volume IoU of the field's occupancy against the best-matching prompt
-    object, and the albedo error on that object's surface."""
-    from .metrics import albedo_error, best_match
-
-    device = next(model.parameters()).device
-    density = lambda p: model.density(p.to(device))  # noqa: E731  (the metrics work on the CPU)
-    albedo = lambda p: model.albedo(p.to(device))  # noqa: E731
-    obj, iou = best_match(density, objects, threshold, 64, albedo_fn=albedo)
-    error = albedo_error(albedo, obj)
-    return {"object": obj.name, "volume_iou": float(iou), "albedo_error": float(error), "threshold": threshold,
-            "candidates": len(objects)}
+def read_guard(guard: NaNGuard, loss_sd: torch.Tensor, step: int, on_event: EventCallback, save) -> float:
+    """The periodic read: warn about skipped steps, abandon the run (after `save`) when MAX_BAD_STEPS
+    in a row were bad, and return the last step's score-distillation loss."""
+    worst, skipped = guard.read()
+    if skipped:
+        on_event(Log("warning", f"step {step + 1}: {skipped} step(s) with a non-finite gradient skipped since the "
+                                f"last report (at most {worst} in a row)"))
+    if worst >= MAX_BAD_STEPS:
+        save()
+        raise RuntimeError(f"training diverged: {worst} steps in a row gave NaN/inf gradients. "
+                           "Lower --cfg or the learning rate, or change --seed, and start again")
+    return float(loss_sd.detach())

@@ -84,3 +84,94 @@ def test_background_augmentation_recomposites_over_one_solid_colour():
     assert torch.allclose(rgb, foreground * opacity + (1 - opacity) * colour, atol=1e-6)
     rgb, background = augment_background(render, 0.0, generator)
     assert rgb is render.rgb and background is render.background
+
+
+class NaNAtSteps:
+    """The shapes prior, except that its noise predictions are NaN on the calls listed in `bad`
+    (a real prior and a real loop; only the failure is injected)."""
+
+    def __init__(self, bad):
+        from backend.priors.shapes import ShapesPrior
+        self.inner, self.bad, self.calls = ShapesPrior(resolution=32), set(bad), 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def predict_noise(self, z_t, t, conditions, view):
+        out = self.inner.predict_noise(z_t, t, conditions, view)
+        self.calls += 1
+        return out * float("nan") if self.calls - 1 in self.bad else out
+
+
+def test_nan_guard_skips_bad_steps_and_keeps_going(tmp_path):
+    from backend.events import Log
+    config = with_preset("tiny", prompt="a red cube", steps=8, checkpoint_every=0, preview_every=0, export_mesh=False)
+    events = []
+    clean = train(config, tmp_path / "clean", prior=NaNAtSteps([]), on_event=events.append)
+    result = train(config, tmp_path / "nan", prior=NaNAtSteps(range(7)), on_event=events.append)  # only step 8 is good
+    warnings = [e.message for e in events if isinstance(e, Log) and e.level == "warning"]
+    assert any("7 step(s) with a non-finite gradient skipped" in w for w in warnings), warnings
+    model, _ = load_model(result.outputs["checkpoint.pt"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # one good step moved the field less than eight did: the bad ones changed nothing
+    fresh = NeRFModel(nerf_settings(config.resolved()))
+    clean_model, _ = load_model(clean.outputs["checkpoint.pt"])
+    table = lambda m: m.field.encoding.tables[0].detach()  # noqa: E731
+    assert 0 < (table(model) - table(fresh)).abs().sum() < (table(clean_model) - table(fresh)).abs().sum()
+    state = load_checkpoint(result.outputs["checkpoint.pt"])
+    assert all(int(s["step"]) == 1 for s in state["optimizer"]["state"].values())  # Adam ran once
+
+
+def test_nan_guard_abandons_the_run_after_twenty_bad_steps_in_a_row(tmp_path):
+    config = with_preset("tiny", prompt="a red cube", steps=40, checkpoint_every=0, preview_every=0, export_mesh=False)
+    with pytest.raises(RuntimeError, match=r"\d+ steps in a row gave NaN/inf"):
+        train(config, tmp_path, prior=NaNAtSteps(range(5, 40)))
+    assert load_checkpoint(tmp_path)["step"] <= 30  # abandoned at the first read after 20 bad steps
+
+
+@pytest.mark.gpu
+def test_the_nerf_side_of_a_step_never_syncs_with_the_host():
+    """Render, losses, NaN guard, backward, fused Adam, occupancy update, progressive levels and the
+    step timer, under CUDA's sync-debug mode "error": any host sync fails, except the sample counts
+    the packed ray marcher marks as known (nerf/sampler.py, known_sync). The method and prior are not
+    part of this test (the gradient is random noise): they have their own syncs, and their own owners."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from backend.cameras import sample_cameras, sample_light_positions
+    from backend.losses import total_loss
+    from backend.nan_guard import NaNGuard
+    from backend.step_timer import StepTimer
+
+    device = torch.device("cuda")
+    config = with_preset("tiny", prompt="a red cube", steps=10).resolved()
+    model = NeRFModel(nerf_settings(config), device=device).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, fused=True)
+    guard, timer, generator = NaNGuard(device), StepTimer(device), torch.Generator().manual_seed(0)
+
+    def step(i):
+        marks = [timer.mark()]
+        model.set_active_levels(active_levels(i, config))
+        model.update_occupancy()
+        cameras = sample_cameras(1, 32, 32, generator)
+        lights = sample_light_positions(cameras, generator).to(device, non_blocking=True)
+        render = model.render(cameras.to(device), "lambertian", lights)
+        rgb, _ = augment_background(render, 0.5, generator)
+        x = rgb.permute(0, 3, 1, 2) * 2.0 - 1.0
+        g = torch.randn(x.shape, device=device)
+        loss, _ = total_loss(x, g, render, i, config)
+        optimizer.found_inf = guard.check(g, loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        timer.add(marks + [timer.mark()] * 3)
+
+    step(0)                                   # warm-up: lazy initialisation may sync once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in range(1, 4):
+            step(i)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    timer.collect()
+    assert guard.read() == (0, 0) and len(timer.seconds["step"]) == 4

@@ -81,16 +81,20 @@ class TorchHashGrid(nn.Module):
             nn.Parameter(torch.empty(level.size, self.n_features).uniform_(-INIT_SCALE, INIT_SCALE))
             for level in self.levels)
         self.register_buffer("active_levels", torch.tensor(settings.levels_start, dtype=torch.int64))
+        # the same number on the host, so a forward never reads the buffer back from the device
+        self.n_active = settings.levels_start
+        self.register_load_state_dict_post_hook(_read_active_levels)
 
     def set_active_levels(self, n: int) -> None:
-        self.active_levels.fill_(max(0, min(int(n), self.n_levels)))
+        self.n_active = max(0, min(int(n), self.n_levels))
+        self.active_levels.fill_(self.n_active)
 
     def forward(self, points: torch.Tensor, with_jacobian: bool = False):
         """points [N, 3] in [-1, 1]^3 -> features [N, L*F]. Inactive levels give zeros and cost
         nothing. Gradients flow to the tables, not to the points: for the derivative in the point,
         with_jacobian=True also returns `pullback`, g [N, L*F] -> sum_k g_k d feature_k / d point
         [N, 3] (a vector-Jacobian product, itself differentiable)."""
-        n, n_active = points.shape[0], int(self.active_levels)
+        n, n_active = points.shape[0], self.n_active
         features, jacobian = _HashGridFunction.apply(points.detach(), self.levels[:n_active], with_jacobian,
                                                      *self.tables[:n_active])
         active = _Swap01.apply(features).view(n, n_active * self.n_features)   # [l, N, F] -> [N, l F]
@@ -103,6 +107,10 @@ class TorchHashGrid(nn.Module):
             return _Pullback.apply(jacobian, _Swap01.apply(g)).t()                 # [N, 3]
 
         return features, pullback
+
+
+def _read_active_levels(module, incompatible_keys) -> None:
+    module.n_active = int(module.active_levels)  # once per load, not per forward
 
 
 class _Swap01(torch.autograd.Function):
@@ -270,9 +278,13 @@ class TcnnHashGrid(nn.Module):
             "base_resolution": settings.base_resolution, "per_level_scale": settings.per_level_scale,
         }, dtype=torch.float32)
         self.register_buffer("active_levels", torch.tensor(settings.levels_start, dtype=torch.int64))
+        # the same number on the host, so a forward never reads the buffer back from the device
+        self.n_active = settings.levels_start
+        self.register_load_state_dict_post_hook(_read_active_levels)
 
     def set_active_levels(self, n: int) -> None:
-        self.active_levels.fill_(max(0, min(int(n), self.n_levels)))
+        self.n_active = max(0, min(int(n), self.n_levels))
+        self.active_levels.fill_(self.n_active)
 
     def forward(self, points: torch.Tensor, with_jacobian: bool = False) -> torch.Tensor:
         if with_jacobian:
@@ -280,7 +292,7 @@ class TcnnHashGrid(nn.Module):
         unit = ((points + 1.0) * 0.5).clamp(0.0, 1.0)
         features = self.encoding(unit).float()
         level = torch.arange(self.out_dim, device=points.device) // self.n_features
-        return features * (level < self.active_levels).to(features.dtype)
+        return features * (level < self.n_active).to(features.dtype)
 
 
 _warned_no_tcnn = False

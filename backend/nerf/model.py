@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..cameras import Cameras
@@ -20,12 +19,15 @@ from .background import Background
 from .field import Field
 from .occupancy import OccupancyGrid
 from .renderer import accumulate, transmittance, weights
-from .sampler import RaySamples, march
+from .sampler import RaySamples, known_sync, march
+
+
+RAY_CHUNK = 1 << 14  # rays per block when rendering without gradients (a 128 x 128 view)
 
 
 @dataclass
 class NeRFSettings:
-    """Defaults are threestudio's DreamFusion-SD (../shared/METHODS.md, "The NeRF side")."""
+    """Defaults are threestudio's DreamFusion-SD (docs/methods.md, "The NeRF side")."""
 
     hash_levels: int = 16
     features_per_level: int = 2
@@ -53,8 +55,19 @@ class RenderOutput:
     albedo: torch.Tensor      # [B, H, W, 3] unshaded colour over the background (previews)
     normal: torch.Tensor      # [B, H, W, 3] sum_i w_i n_i, world space (not renormalised; 0 where empty)
     background: torch.Tensor  # [B, H, W, 3]
-    orientation_loss: torch.Tensor  # scalar, DreamFusion's orientation penalty, mean over rays
-    num_samples: int          # samples evaluated with gradients
+    weights: torch.Tensor     # [S] per-sample w_i = T_i alpha_i (the samples evaluated with gradients)
+    normals: torch.Tensor     # [S, 3] per-sample unit normals
+    view_dirs: torch.Tensor   # [S, 3] the direction of each sample's ray
+
+    @property
+    def num_samples(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def orientation_loss(self) -> torch.Tensor:
+        """DreamFusion's orientation penalty of this render (backend.losses)."""
+        from ..losses import orientation_loss
+        return orientation_loss(self.weights, self.normals, self.view_dirs, self.opacity[..., 0].numel())
 
 
 class NeRFModel(nn.Module):
@@ -99,14 +112,12 @@ class NeRFModel(nn.Module):
         early_stop has nothing to drop (a wrong guess only costs time, never changes the image)."""
         eps, step = self.settings.early_stop, self.step_size
         bound = self.occupancy.lookup(self.occupancy.density, samples.points)
-        may_stop = torch.zeros(n_rays, dtype=torch.bool, device=bound.device)
-        may_stop[samples.ray[transmittance(bound * step, samples.ray, n_rays) < eps]] = True
-        check = may_stop[samples.ray]
-        if not check.any():
-            return samples
+        stops = (transmittance(bound * step, samples.ray, n_rays) < eps).to(bound.dtype)
+        may_stop = torch.zeros(n_rays, device=bound.device).index_add_(0, samples.ray, stops) > 0
+        with known_sync():  # the samples to evaluate: how many is data
+            check = may_stop[samples.ray].nonzero().squeeze(1)
         light_left = transmittance(self.field.density(samples.points[check]) * step, samples.ray[check], n_rays)
-        keep = torch.ones_like(check)
-        keep[check] = light_left > eps
+        keep = torch.ones(len(samples), dtype=torch.bool, device=bound.device).index_put_((check,), light_left > eps)
         return samples.select(keep)
 
     def render(self, cameras: Cameras, shading: str, light_positions: torch.Tensor) -> RenderOutput:
@@ -118,31 +129,35 @@ class NeRFModel(nn.Module):
                             f"position per camera, shape ({batch}, 3)")
         origins, dirs = cameras.rays()
         origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
-        n_rays, step = origins.shape[0], self.step_size
-
-        occupied = self.occupancy.occupied(step) if self.settings.occupancy_skipping else None
-        samples = march(origins, dirs, step, self.settings.max_samples_per_ray, self.occupancy, occupied,
-                        jitter=self.training)
-        if len(samples) > 0 and self.settings.early_stop > 0:
-            samples = self._drop_occluded(samples, n_rays)
-
-        field = self.field(samples.points)       # pass 2, with gradients
-        w = weights(field.density, step, samples.ray, n_rays)
-        lights = light_positions.to(origins)[samples.ray // (height * width)]
-        color = shade(field.albedo, field.normal, samples.points, lights, shading)
-        per_ray = accumulate(w[:, None] * torch.cat(
-            [torch.ones_like(w)[:, None], samples.t[:, None], field.albedo, field.normal, color], dim=1),
-            samples.ray, n_rays)
+        lights = light_positions.to(origins).repeat_interleave(height * width, dim=0)      # [R, 3], per ray
+        if torch.is_grad_enabled() or origins.shape[0] <= RAY_CHUNK:
+            per_ray, w, normals, view_dirs = self._render_rays(origins, dirs, lights, shading)
+        else:  # pictures: blocks of rays bound the memory of large renders
+            parts = [self._render_rays(*chunk, shading)
+                     for chunk in zip(*(t.split(RAY_CHUNK) for t in (origins, dirs, lights)))]
+            per_ray, w, normals, view_dirs = (torch.cat(part) for part in zip(*parts))
         opacity, depth, albedo, normal, rgb = per_ray.split([1, 1, 3, 3, 3], dim=1)
-
-        # DreamFusion eq. (orientation): sum_i stop_grad(w_i) max(0, n_i . d)^2, penalising normals that
-        # face away from the camera (d is the ray direction, camera -> point). Mean over all rays.
-        facing_away = F.relu((field.normal * dirs[samples.ray]).sum(-1))
-        orientation_loss = (w.detach() * facing_away ** 2).sum() / n_rays
-
         background = self.background(dirs)
         image = lambda x: x.reshape(batch, height, width, -1)  # noqa: E731
         return RenderOutput(
             rgb=image(rgb + (1.0 - opacity) * background), opacity=image(opacity), depth=image(depth),
             albedo=image(albedo + (1.0 - opacity) * background), normal=image(normal),
-            background=image(background), orientation_loss=orientation_loss, num_samples=len(samples))
+            background=image(background), weights=w, normals=normals, view_dirs=view_dirs)
+
+    def _render_rays(self, origins: torch.Tensor, dirs: torch.Tensor, lights: torch.Tensor, shading: str):
+        """Rays [R, 3] (and each ray's light position) -> per-ray [R, 9] (opacity, depth, albedo, normal,
+        colour, each sum_i w_i value_i) and the per-sample weights, normals and ray directions."""
+        n_rays, step = origins.shape[0], self.step_size
+        occupied = self.occupancy.occupied(step) if self.settings.occupancy_skipping else None
+        samples = march(origins, dirs, step, self.settings.max_samples_per_ray, self.occupancy, occupied,
+                        jitter=self.training)
+        if self.settings.early_stop > 0:
+            samples = self._drop_occluded(samples, n_rays)
+
+        field = self.field(samples.points)       # pass 2, with gradients
+        w = weights(field.density, step, samples.ray, n_rays)
+        color = shade(field.albedo, field.normal, samples.points, lights[samples.ray], shading)
+        per_ray = accumulate(w[:, None] * torch.cat(
+            [torch.ones_like(w)[:, None], samples.t[:, None], field.albedo, field.normal, color], dim=1),
+            samples.ray, n_rays)
+        return per_ray, w, field.normal, dirs[samples.ray]

@@ -55,9 +55,18 @@ class OccupancyGrid(nn.Module):
         cell = ((points + 1.0) * (0.5 * self.resolution)).long().clamp(0, self.resolution - 1)
         return grid[cell[:, 0], cell[:, 1], cell[:, 2]]
 
-    def bounds(self, occupied: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """World-space box [lo, hi] around all occupied cells, or None when nothing is occupied."""
-        cells = occupied.nonzero()
-        if cells.shape[0] == 0:
-            return None
-        return self._to_world(cells.amin(0).float()), self._to_world(cells.amax(0).float() + 1.0)
+    def bounds(self, occupied: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """World-space box [lo, hi] ([3] each) around all occupied cells, computed on the device
+        without reading anything back (the whole cube when nothing is occupied: then the sampler's
+        occupancy test drops every sample anyway)."""
+        r = self.resolution
+        lo, hi = [], []
+        for axis in range(3):
+            other = tuple(a for a in range(3) if a != axis)
+            used = occupied.any(dim=other).to(torch.int8)                          # [r] along this axis
+            lo.append(used.argmax())                                               # first occupied
+            hi.append(r - used.flip(0).argmax())                                   # one past the last
+        lo, hi = torch.stack(lo), torch.stack(hi)
+        lo = torch.where(hi > lo, lo, torch.zeros_like(lo))                        # none occupied: all
+        hi = torch.where(hi > lo, hi, torch.full_like(hi, r))
+        return self._to_world(lo.float()), self._to_world(hi.float())

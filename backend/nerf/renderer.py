@@ -12,7 +12,8 @@ def transmittance(sigma_delta: torch.Tensor, ray: torch.Tensor, n_rays: int) -> 
     is taken in float64: it spans all rays, and in float32 its rounding would show in late rays."""
     total = torch.cumsum(sigma_delta.double(), 0)
     exclusive = total - sigma_delta.double()
-    counts = torch.bincount(ray, minlength=n_rays)
+    counts = torch.zeros(n_rays, dtype=ray.dtype, device=ray.device).index_add_(0, ray, torch.ones_like(ray))
+    # (index_add_ rather than bincount: on CUDA bincount reads the largest index back to the host)
     first = (torch.cumsum(counts, 0) - counts)[ray]
     return torch.exp(-(exclusive - exclusive[first])).to(sigma_delta.dtype)
 

@@ -3,6 +3,7 @@ restricted to the occupancy grid's occupied cells, returned packed (all samples 
 flat list, ray by ray, near to far)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,10 @@ class RaySamples:
         return self.ray.shape[0]
 
     def select(self, keep: torch.Tensor) -> "RaySamples":
-        return RaySamples(self.ray[keep], self.t[keep], self.points[keep])
+        """The samples where the boolean mask `keep` [S] is true (one known host sync)."""
+        with known_sync():
+            index = keep.nonzero().squeeze(1)
+        return RaySamples(self.ray[index], self.t[index], self.points[index])
 
 
 def intersect_box(origins: torch.Tensor, dirs: torch.Tensor, lo, hi) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,16 +53,16 @@ def march(origins: torch.Tensor, dirs: torch.Tensor, step: float, max_samples: i
     k_end = torch.ceil((exit_ - entry) / step - offset).clamp(0, max_samples)
     k_first = torch.zeros_like(k_end)
     if occupied is not None:
-        box = grid.bounds(occupied)
-        if box is None:
-            return _empty(device)
-        box_entry, box_exit = intersect_box(origins, dirs, box[0], box[1])
+        lo, hi = grid.bounds(occupied)
+        box_entry, box_exit = intersect_box(origins, dirs, lo, hi)
         k_first = torch.ceil((box_entry - entry) / step - offset).clamp(min=0)
         k_end = torch.minimum(k_end, torch.ceil((box_exit - entry) / step - offset))
     counts = (k_end - k_first).clamp(min=0).long()
-    ray = torch.repeat_interleave(torch.arange(n_rays, device=device), counts)
-    if ray.shape[0] == 0:
+    with known_sync():  # the packed list's length
+        total = int(counts.sum())
+    if total == 0:
         return _empty(device)
+    ray = torch.repeat_interleave(torch.arange(n_rays, device=device), counts, output_size=total)
     first_of_ray = (torch.cumsum(counts, 0) - counts)[ray]
     k = k_first[ray] + (torch.arange(ray.shape[0], device=device) - first_of_ray)
     t = entry[ray] + (k + offset[ray]) * step
@@ -66,6 +70,24 @@ def march(origins: torch.Tensor, dirs: torch.Tensor, step: float, max_samples: i
     if occupied is not None:
         samples = samples.select(grid.lookup(occupied, samples.points))
     return samples
+
+
+@contextmanager
+def known_sync():
+    """Marks a host sync that packed sampling cannot avoid: how many samples a render has is data,
+    and the next tensors' sizes depend on it (nerfacc syncs at the same points). On CUDA, CUDA's
+    sync-debug mode is switched off inside, so a test running steps with it set to "error"
+    (tests/test_gpu_steps.py) fails on any other sync. The render has three: the sample count here,
+    the occupancy selection and the early-stop selection (RaySamples.select, model._drop_occluded)."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)
 
 
 def _empty(device) -> RaySamples:

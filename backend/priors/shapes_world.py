@@ -1,4 +1,4 @@
-"""The world of the built-in exact prior (DESIGN.md §2): shapes x colours x patterns, and the prompts
+"""The world of the built-in exact prior (docs/design.md, "The exact prior"): shapes x colours x patterns, and the prompts
 that name them.
 
 Every object is an exact signed distance function (negative inside, |grad| = 1) with a fixed pose,

@@ -1,0 +1,100 @@
+"""What a run does after its last step: the turntable picture, the mesh export and report.json."""
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+from pathlib import Path
+
+import torch
+
+from shared.version import __version__
+from .cameras import turntable_cameras
+from .config import GenerateConfig
+from .errors import UserError
+from .events import EventCallback, Log
+from .fileio import write_atomic
+from .nerf import NeRFModel
+from .pictures import grid, save_png
+from .priors import Prior
+
+TURNTABLE_VIEWS = 8
+TURNTABLE_SIZE = 256  # pixels per view side: large enough to judge the surface
+
+
+@torch.no_grad()
+def render_views(model: NeRFModel, n: int, resolution: int, device: torch.device, shading: str = "lambertian"):
+    """n turntable views [n, H, W, 3], lit from the camera side."""
+    cams = turntable_cameras(n, resolution, resolution, device=device)
+    was_training = model.training
+    model.eval()  # no sample jitter in pictures
+    views = torch.cat([model.render(cams[i:i + 1], shading, cams.positions[i:i + 1] * 1.5).rgb for i in range(n)])
+    model.train(was_training)
+    return views
+
+
+def finish(config: GenerateConfig, model: NeRFModel, prior: Prior, out_dir: Path, device: torch.device,
+           timings: dict, elapsed: float, steps_done: int, on_event: EventCallback) -> tuple[dict[str, Path], dict]:
+    """Turntable, mesh and report of a finished run: (the files written by name, the report)."""
+    model.eval()
+    outputs: dict[str, Path] = {}
+    views = render_views(model, TURNTABLE_VIEWS, TURNTABLE_SIZE, device)
+    outputs["turntable.png"] = save_png(grid(list(views), columns=TURNTABLE_VIEWS // 2), out_dir / "turntable.png")
+    export_stats: dict = {}
+    if config.export_mesh:
+        from .export import export_mesh
+        try:
+            exported = export_mesh(model, out_dir, resolution=config.mesh_resolution, face_budget=config.face_budget,
+                                   texture_size=config.texture_size, smooth=config.mesh_smooth,
+                                   threshold=config.mesh_threshold)
+            outputs.update(exported.paths)
+            export_stats = exported.stats
+        except UserError as error:  # keep the run's other results; the mesh can be re-exported later
+            export_stats = {"error": str(error)}
+            on_event(Log("warning", f"mesh export failed: {error} Re-export with: python -m backend export "
+                                    f"{out_dir / 'checkpoint.pt'} --threshold LOWER"))
+    report = build_report(config, prior, model, device, timings, elapsed, steps_done, export_stats)
+    outputs["report.json"] = write_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=str))
+    return outputs, report
+
+
+def peak_memory_mb(device: torch.device) -> dict:
+    peak = {"cpu_max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if device.type == "cuda":
+        peak["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak
+
+
+def build_report(config, prior, model, device, timings, elapsed, steps_done, export_stats) -> dict:
+    median = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
+    report = {
+        "settings": config.to_dict(),
+        "versions": {"distill3d": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "prior": prior.describe(),
+        "steps_done": steps_done,
+        "total_time_s": elapsed,
+        "median_step_s": median(timings["step"]),
+        "median_breakdown_s": {k: median(v) for k, v in timings.items() if k != "step"},
+        "peak_memory": peak_memory_mb(device),
+        "export": export_stats,
+    }
+    if hasattr(prior, "ground_truth"):
+        report["ground_truth"] = ground_truth_metrics(model, prior.ground_truth(), config.mesh_threshold)
+    return report
+
+
+@torch.no_grad()
+def ground_truth_metrics(model: NeRFModel, objects, threshold: float) -> dict:
+    """For the exact prior: volume IoU of the field's occupancy against the best-matching prompt
+    object, and the albedo error on that object's surface."""
+    from .metrics import albedo_error, best_match
+
+    device = next(model.parameters()).device
+    density = lambda p: model.density(p.to(device))  # noqa: E731  (the metrics work on the CPU)
+    albedo = lambda p: model.albedo(p.to(device))  # noqa: E731
+    obj, iou = best_match(density, objects, threshold, 64, albedo_fn=albedo)
+    error = albedo_error(albedo, obj)
+    return {"object": obj.name, "volume_iou": float(iou), "albedo_error": float(error), "threshold": threshold,
+            "candidates": len(objects)}

@@ -1,0 +1,38 @@
+"""The 3D loop's loss: the surrogate that carries the method's gradient g, plus the regularisers on
+the NeRF (DreamFusion's orientation penalty, the opacity sparsity term) and their weights over the run.
+The equations and defaults are in docs/methods.md ("The NeRF side").
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .methods.base import gradient_loss  # the surrogate carrying g: d loss / d x = g / B
+
+
+def orientation_loss(weights: torch.Tensor, normals: torch.Tensor, view_dirs: torch.Tensor, n_rays: int) -> torch.Tensor:
+    """DreamFusion's orientation penalty, sum_i stop_grad(w_i) max(0, n_i . d_i)^2 per ray, mean over
+    all rays: it penalises normals that face away from the camera (d is the ray direction, camera ->
+    point). Per-sample weights [S], normals [S, 3], directions [S, 3]."""
+    facing_away = F.relu((normals * view_dirs).sum(-1))
+    return (weights.detach() * facing_away ** 2).sum() / n_rays
+
+
+def sparsity_loss(opacity: torch.Tensor) -> torch.Tensor:
+    """threestudio's opacity sparsity, mean sqrt(alpha^2 + 0.01): pushes rays to empty or opaque."""
+    return torch.sqrt(opacity ** 2 + 0.01).mean()
+
+
+def orientation_weight(step: int, config) -> float:
+    """Linear ramp lambda_orientation -> lambda_orientation_end over orientation_ramp_steps."""
+    f = min(1.0, step / max(1, config.orientation_ramp_steps))
+    return config.lambda_orientation + f * (config.lambda_orientation_end - config.lambda_orientation)
+
+
+def total_loss(x: torch.Tensor, g: torch.Tensor, render, step: int, config) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss to back-propagate, the score-distillation part alone) for one step."""
+    loss_sd = gradient_loss(x, g)
+    loss = loss_sd + orientation_weight(step, config) * render.orientation_loss
+    if config.lambda_sparsity > 0:
+        loss = loss + config.lambda_sparsity * sparsity_loss(render.opacity)
+    return loss, loss_sd

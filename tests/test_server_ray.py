@@ -58,6 +58,7 @@ def test_jobs_on_ray_stream_previews_finish_with_files_keep_the_prior_and_cancel
         assert {"report.json", "checkpoint.pt", "turntable.png"} <= set(status["outputs"])
         assert json.loads(client.fetch(job, "report.json"))["steps_done"] == 6  # written by the actor
         assert (server.data_dir / "jobs" / job / "checkpoint.pt").is_file()
+        assert client.info()["loaded_priors"] == [{"name": "shapes", "device": "cpu", "resolution": 24, "options": {}}]
 
         long = client.submit({**SMALL, "steps": 5000, "preview_every": 0, "coarse_mesh_every": 0, "seed": 2})
         collect(client, lambda events: any(e["step"] >= 2 for e in of_type(events, long, "progress")), 300, events)

@@ -119,9 +119,11 @@ class JobRunner:
         self.stopping.set()
 
     def run_and_report(self, spec: JobSpec) -> None:
-        """Run a job, then send its ("end", ...) and the priors now loaded."""
-        self.send("end", spec.job_id, self.run(spec))
+        """Run a job, then send the priors now loaded and its ("end", ...): once the server sees the
+        end, it already knows what stays loaded."""
+        outcome = self.run(spec)
         self.send("priors", self.priors.loaded())
+        self.send("end", spec.job_id, outcome)
 
     def run(self, spec: JobSpec) -> dict[str, Any]:
         step = [0]

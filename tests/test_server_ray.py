@@ -85,3 +85,14 @@ def test_a_lost_ray_actor_fails_its_job_and_the_next_job_gets_a_new_actor(local_
         after = client.submit({"prompt": "a cone", "preset": "tiny", "steps": 3})
         assert client.wait(after, timeout_s=120)["state"] == "done"
         assert client.fetch(after, "mesh.glb") == b"glTFa cone"
+
+
+def test_stopping_the_server_mid_job_on_ray_checkpoints_and_requeues_it(local_ray, tmp_path):
+    options = WorkerOptions(train_fn=functools.partial(fake_train, step_s=0.05))
+    with running_server(tmp_path, executor_factory=on_ray(options)) as server, client_for(server) as client:
+        client.subscribe()
+        job = client.submit({"prompt": "a cube", "preset": "tiny", "steps": 5000, "checkpoint_every": 100000})
+        collect(client, lambda events: any(e["step"] >= 2 for e in of_type(events, job, "progress")), 120)
+    status = json.loads((tmp_path / "jobs" / job / "status.json").read_text())
+    assert status["state"] == "queued" and "resumes from its checkpoint" in status["message"]
+    assert 2 <= json.loads((tmp_path / "jobs" / job / "checkpoint.pt").read_text())["step"] < 5000

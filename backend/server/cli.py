@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--worker-nice", type=int, default=WORKER_NICE, metavar="N",
                         help="run the job processes N steps nicer (Unix), so on a busy CPU the server's command "
                              "loop gets the CPU first (default %(default)s)")
+    parser.add_argument("--ray", metavar="ADDRESS",
+                        help="run the jobs on a Ray cluster: its address (e.g. 10.0.0.1:6379, or auto), or local to "
+                             "start Ray on this machine. Each device's jobs go to one Ray worker holding a GPU; on "
+                             "several machines the data folder must be on a shared filesystem (docs/server.md)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 
@@ -72,10 +76,11 @@ def serve_from_args(argv: list[str]) -> int:
         missing = [str(folder) for folder in args.models if not folder.is_dir()]
         if missing:
             raise UserError(f"--models {missing[0]} is not a folder: give a folder that holds model folders")
+        executor_factory = ray_executors(args.ray, args.max_priors) if args.ray else None
         server = Server(args.data_dir, args.host, args.port, args.device, keys=keys, max_priors=args.max_priors,
                         coarse_mesh_every=max(0, args.coarse_mesh_every), preview_interval_s=args.preview_interval,
                         model_roots=args.models, max_queued=max(1, args.max_queued),
-                        worker_nice=max(0, args.worker_nice))
+                        worker_nice=max(0, args.worker_nice), executor_factory=executor_factory)
         server.start()
     except UserError as error:
         print(f"error: {error}")
@@ -90,4 +95,18 @@ def serve_from_args(argv: list[str]) -> int:
     print(f"Distill3D backend listening on {server.address} (events on port {server.port + 1}); Ctrl+C stops it.",
           flush=True)
     server.serve_forever()
+    if args.ray:
+        from ..batch.ray_pool import disconnect
+        disconnect()
     return 0
+
+
+def ray_executors(address: str, max_priors: int):
+    """Join (or start) Ray; returns the Server's executor_factory: one Ray actor per device."""
+    from ..batch.ray_pool import connect
+    from .job_process import WorkerOptions
+    from .ray_executor import RayExecutor
+
+    connect(address)
+    options = WorkerOptions(max_priors=max_priors, log_level=logging.getLogger().getEffectiveLevel())
+    return lambda device: RayExecutor(device, options)

@@ -1,7 +1,7 @@
 """Where a device's jobs run. The server's DeviceWorker thread (worker.py) drives one JobExecutor per
 device through four calls: run a job, receive its messages, cancel it, close. ProcessExecutor runs
-the jobs in a local worker process (job_process.py); an executor handing jobs to a cluster would
-implement the same calls, and the server would not change.
+the jobs in a local worker process (job_process.py); RayExecutor (ray_executor.py) hands them to a Ray
+actor through the same calls, and the server does not change.
 """
 from __future__ import annotations
 

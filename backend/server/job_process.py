@@ -98,43 +98,32 @@ def describe_failure(error: BaseException, step: int) -> str:
             "Try another seed or a lower lr, and report it if it happens again")
 
 
-class _Worker:
-    def __init__(self, device: str, options: WorkerOptions, commands, events):
-        self.device, self.commands, self.events = device, commands, events
+class JobRunner:
+    """Runs one device's jobs one at a time, keeping the loaded priors between them. How its messages
+    travel is the subclass's send(): the worker process's pipe here (_Worker), a Ray actor's buffer
+    (ray_executor.py). cancel() and stop() may be called from another thread while run() trains."""
+
+    def __init__(self, options: WorkerOptions):
         self.train_fn = options.train_fn or _default_train
         self.priors = PriorCache(options.prior_loader, options.max_priors)
-        self.jobs: queue.Queue[JobSpec | None] = queue.Queue()
         self.cancelled: set[str] = set()
         self.stopping = threading.Event()
-        self._send_lock = threading.Lock()
 
     def send(self, *message: Any) -> None:
-        try:
-            with self._send_lock:
-                self.events.send(message)
-        except (OSError, ValueError):  # the server is gone: nobody is left to report to
-            os._exit(0)
+        raise NotImplementedError
 
-    def listen(self) -> None:
-        """The commands from the server, on their own thread, so a cancel lands while a job runs."""
-        while True:
-            try:
-                message = self.commands.recv()
-            except (EOFError, OSError):  # the server died (kill -9): stop at once, as if killed with it
-                os._exit(0)
-            if message[0] == "run":
-                self.jobs.put(message[1])
-            elif message[0] == "cancel":
-                self.cancelled.add(message[1])
-            elif message[0] == "stop":
-                self.stopping.set()
-                self.jobs.put(None)
+    def cancel(self, job_id: str) -> None:
+        self.cancelled.add(job_id)
 
-    def serve(self) -> None:
-        threading.Thread(target=self.listen, name="distill3d-worker-commands", daemon=True).start()
-        while (spec := self.jobs.get()) is not None:
-            self.send("end", spec.job_id, self.run(spec))
-            self.send("priors", self.priors.loaded())
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run_and_report(self, spec: JobSpec) -> None:
+        """Run a job, then send the priors now loaded and its ("end", ...): once the server sees the
+        end, it already knows what stays loaded."""
+        outcome = self.run(spec)
+        self.send("priors", self.priors.loaded())
+        self.send("end", spec.job_id, outcome)
 
     def run(self, spec: JobSpec) -> dict[str, Any]:
         step = [0]
@@ -174,6 +163,43 @@ class _Worker:
         free_device_memory()  # the job's tensors are garbage now: give them back before saying it ended
         self.cancelled.discard(spec.job_id)
         return outcome
+
+
+class _Worker(JobRunner):
+    """The worker process's loop: commands from one pipe, messages back on the other."""
+
+    def __init__(self, device: str, options: WorkerOptions, commands, events):
+        super().__init__(options)
+        self.device, self.commands, self.events = device, commands, events
+        self.jobs: queue.Queue[JobSpec | None] = queue.Queue()
+        self._send_lock = threading.Lock()
+
+    def send(self, *message: Any) -> None:
+        try:
+            with self._send_lock:
+                self.events.send(message)
+        except (OSError, ValueError):  # the server is gone: nobody is left to report to
+            os._exit(0)
+
+    def listen(self) -> None:
+        """The commands from the server, on their own thread, so a cancel lands while a job runs."""
+        while True:
+            try:
+                message = self.commands.recv()
+            except (EOFError, OSError):  # the server died (kill -9): stop at once, as if killed with it
+                os._exit(0)
+            if message[0] == "run":
+                self.jobs.put(message[1])
+            elif message[0] == "cancel":
+                self.cancel(message[1])
+            elif message[0] == "stop":
+                self.stop()
+                self.jobs.put(None)
+
+    def serve(self) -> None:
+        threading.Thread(target=self.listen, name="distill3d-worker-commands", daemon=True).start()
+        while (spec := self.jobs.get()) is not None:
+            self.run_and_report(spec)
 
 
 def worker_main(device: str, options: WorkerOptions, commands, events) -> None:

@@ -16,6 +16,8 @@ METHOD_NAMES = ("sds", "nfsd", "sdi", "fsd")
 
 # Quality presets: what the Blender panel's draft/standard/high and the CLI's --preset choose.
 # "demo" is sized for the 2-core CPU: `python3 build.py demo` finishes in a few minutes.
+_CPU_DRAFT = dict(steps=800, resolution=64, mesh_resolution=128, texture_size=512, hash_log2_table=16,
+                  max_samples_per_ray=128, mesh_threshold=5.0)
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU-sized presets use a 2^16 hash table (the simple shapes need no more, and Adam over the full
     # 2^19 x 16 levels table would dominate a CPU step) and march about one step per pixel footprint
@@ -24,10 +26,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(steps=40, resolution=32, mesh_resolution=64, texture_size=128, occupancy_resolution=16,
                  hash_log2_table=14, hash_levels=8, hash_levels_start=4, max_samples_per_ray=64, mesh_threshold=5.0,
                  face_budget=5000),
-    "demo": dict(steps=800, resolution=64, mesh_resolution=128, texture_size=512, hash_log2_table=16,
-                 max_samples_per_ray=128, mesh_threshold=5.0),
-    "draft": dict(steps=800, resolution=64, mesh_resolution=128, texture_size=512, hash_log2_table=16,
-                  max_samples_per_ray=128, mesh_threshold=5.0),
+    # "demo" (the CLI's name) and "draft" (the Blender panel's) are one preset: the 2-core CPU run.
+    "demo": _CPU_DRAFT,
+    "draft": _CPU_DRAFT,
     "standard": dict(steps=3000, resolution=64, mesh_resolution=256, texture_size=1024),
     "high": dict(steps=10000, resolution=128, mesh_resolution=256, texture_size=2048),
 }

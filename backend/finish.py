@@ -23,6 +23,12 @@ TURNTABLE_VIEWS = 8
 TURNTABLE_SIZE = 256  # pixels per view side: large enough to judge the surface
 
 
+def turntable_size(render_resolution: int) -> int:
+    """256 px views for runs rendered at 64 px or more (the draft preset up); 4x the render size below
+    that, so the tiny preset's quick runs (and the tests) do not spend most of their time on pictures."""
+    return min(TURNTABLE_SIZE, 4 * render_resolution)
+
+
 @torch.no_grad()
 def render_views(model: NeRFModel, n: int, resolution: int, device: torch.device, shading: str = "lambertian"):
     """n turntable views [n, H, W, 3], lit from the camera side."""
@@ -39,7 +45,7 @@ def finish(config: GenerateConfig, model: NeRFModel, prior: Prior, out_dir: Path
     """Turntable, mesh and report of a finished run: (the files written by name, the report)."""
     model.eval()
     outputs: dict[str, Path] = {}
-    views = render_views(model, TURNTABLE_VIEWS, TURNTABLE_SIZE, device)
+    views = render_views(model, TURNTABLE_VIEWS, turntable_size(config.resolution), device)
     outputs["turntable.png"] = save_png(grid(list(views), columns=TURNTABLE_VIEWS // 2), out_dir / "turntable.png")
     export_stats: dict = {}
     if config.export_mesh:

@@ -97,7 +97,7 @@ def mesh_quality(args) -> dict:
             print(f"{method:6s} {prompt:20s} {row['field_iou']:9.3f} {row['albedo_error']:7.3f} {row['iou']:9.3f} "
                   f"{row['chamfer']:8.4f} {row['tex_err']:8.3f}", flush=True)
     if pictures:
-        save_png(grid(pictures, labels, columns=len(args.methods), scale=2), OUT / "quality_grid.png")
+        save_png(grid(pictures, labels, columns=len(args.methods)), OUT / "quality_grid.png")
     return rows
 
 
@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--objects", nargs="+", default=list(OBJECTS))
-    parser.add_argument("--tile", type=int, default=64, help="pixels of each turntable shown in the grid")
+    parser.add_argument("--tile", type=int, default=256, help="pixels of each turntable shown in the grid (a view is 256)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when running two benches at once)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -60,7 +60,7 @@ stage() {
 }
 
 if [[ $MODE == gpu ]]; then
-    DEVICE=cuda SIZE=sd21-base PRESET=standard DEMO_PRESET=demo
+    DEVICE=cuda SIZE=sd21-base PRESET=standard DEMO_PRESET=draft
     SD_ARGS=(--steps 8 --warmup 3 --graphs both --components)
     CLI_STEPS=150 DEMO_STEPS=${DEMO_STEPS:-300}
     FIELD_ARGS=(--samples 200000 --repeat 5)

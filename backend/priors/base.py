@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..cameras import Cameras
 
@@ -65,6 +66,18 @@ class View:
     light_positions: torch.Tensor  # [B, 3] world space
     background: torch.Tensor       # [B, 3, H, W] in [0, 1]: the background the model rendered (detached)
     opacity: torch.Tensor          # [B, 1, H, W] in [0, 1]: the model's rendered opacity (detached)
+
+
+def rgb_to_signed(rgb: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Renders in [0, 1] -> [-1, 1] at `size` (H, W): the space of the exact priors (differentiable)."""
+    if tuple(rgb.shape[-2:]) != tuple(size):
+        rgb = F.interpolate(rgb, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    return rgb * 2.0 - 1.0
+
+
+def signed_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> displayable [0, 1] (no gradient)."""
+    return ((x.detach() + 1.0) * 0.5).clamp(0.0, 1.0)
 
 
 class Prior(ABC):

@@ -10,10 +10,9 @@ from abc import abstractmethod
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import UserError
-from .base import Prior, NoiseSchedule, View
+from .base import NoiseSchedule, Prior, View, rgb_to_signed, signed_to_rgb
 
 
 def posterior_mean(z_t: torch.Tensor, candidates: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -38,13 +37,10 @@ class ExactPrior(Prior):
         """The images x_k (in [-1, 1]) that `condition` means for this view: [K, B, C, H, W]."""
 
     def encode(self, rgb: torch.Tensor) -> torch.Tensor:
-        size = self.latent_shape[1:]
-        if tuple(rgb.shape[-2:]) != tuple(size):
-            rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False, antialias=True)
-        return rgb * 2.0 - 1.0
+        return rgb_to_signed(rgb, self.latent_shape[1:])
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x.detach() + 1.0) * 0.5).clamp(0.0, 1.0)
+        return signed_to_rgb(x)
 
     @torch.no_grad()
     def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor, conditions: Sequence[str],

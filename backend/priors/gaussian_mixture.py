@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .base import NEGATIVE, TEXT, UNCOND, NoiseSchedule, Prior, View
+from .base import NEGATIVE, TEXT, UNCOND, NoiseSchedule, Prior, View, rgb_to_signed, signed_to_rgb
 from .shapes import _blur_matrix
 
 SHAPE = (3, 16, 16)
@@ -187,12 +187,10 @@ class GaussianMixturePrior(Prior):
     # -- the prior interface ------------------------------------------------------------------------
 
     def encode(self, rgb: torch.Tensor) -> torch.Tensor:
-        if tuple(rgb.shape[-2:]) != SHAPE[1:]:
-            rgb = F.interpolate(rgb, size=SHAPE[1:], mode="bilinear", align_corners=False, antialias=True)
-        return rgb * 2.0 - 1.0
+        return rgb_to_signed(rgb, SHAPE[1:])
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x.detach() + 1.0) * 0.5).clamp(0.0, 1.0)
+        return signed_to_rgb(x)
 
     @torch.no_grad()
     def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor, conditions: Sequence[str],

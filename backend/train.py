@@ -6,7 +6,7 @@ writes into `out_dir`: previews/step_NNNNN.png and checkpoint.pt, then (backend.
 turntable.png, report.json and the exported mesh files.
 
 A step never waits for the device: the NaN guard and the loss live on the device and are read every
-READ_EVERY steps (and at previews, checkpoints and the end), timings use CUDA events on a GPU. The
+READ_EVERY steps (and at the first step, previews, checkpoints and the end), timings use CUDA events on a GPU. The
 only host syncs left in a step are the sample counts of the packed ray marcher (nerf/sampler.py,
 `known_sync`) and whatever the prior and method need.
 """
@@ -133,7 +133,7 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
 
     timer, guard = StepTimer(device), NaNGuard(device)
     loss_sd = torch.full((), float("nan"), device=device)
-    loss_value, stopped = float("nan"), False
+    loss_value, stopped, read_yet = float("nan"), False, False
     run_start = time.perf_counter()
     recent: list[float] = []  # host wall time of the last steps, for it/s
     step = start_step
@@ -171,10 +171,11 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
         recent = (recent + [time.perf_counter() - wall])[-20:]
         previewing = bool(config.preview_every) and (done % config.preview_every == 0 or done == config.steps)
         checkpointing = bool(config.checkpoint_every) and done % config.checkpoint_every == 0
-        if done % READ_EVERY == 0 or done == config.steps or previewing or checkpointing:
+        if not read_yet or done % READ_EVERY == 0 or done == config.steps or previewing or checkpointing:
             loss_value = read_guard(guard, loss_sd, step, on_event,
                                     lambda: checkpoint(done, elapsed_before + time.perf_counter() - run_start))
             timer.collect()
+            read_yet = True  # the first step is read too, so no event carries a placeholder loss
         it_per_s = len(recent) / max(sum(recent), 1e-9)
         on_event(Progress(step=done, total=config.steps, t=int(out.t), loss=loss_value, it_per_s=it_per_s,
                           eta_s=(config.steps - done) / it_per_s))

@@ -24,7 +24,7 @@ class GenerateConfig:
     negative: str | None = None      # None: the method's default (NFSD's negative prompt for NFSD)
     steps: int = 800
     resolution: int = 64             # render height = width, pixels
-    cfg: float | None = None         # None: the method's cfg option default (shared/schema.py)
+    cfg: float | None = None         # None: the prior's default_cfg, else the method's (shared/schema.py)
     seed: int = 0
     method_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"weighting": "uniform"}
     device: str = "auto"             # "auto" | "cpu" | "cuda" | "cuda:N"

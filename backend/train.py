@@ -13,7 +13,7 @@ only host syncs left in a step are the sample counts of the packed ray marcher (
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -43,6 +43,14 @@ class TrainResult:
     outputs: dict[str, Path] = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     stopped: bool = False
+
+
+def guidance_scale(config: GenerateConfig, prior: Prior) -> float | None:
+    """The user's cfg (--cfg or a cfg method option), else the prior's default; None leaves the
+    method's own default."""
+    if config.cfg is not None or "cfg" in config.method_options:
+        return config.cfg
+    return prior.default_cfg
 
 
 def prepare_output(out_dir: Path) -> Path:
@@ -106,8 +114,9 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
         on_event(Log("info", f"loading prior {config.prior!r}"))
         prior = load_prior(config.prior, device, resolution=config.resolution, offline=config.offline,
                            options=config.prior_options)
-    method = make_method(config.method, cfg=config.cfg, options=config.method_options, max_steps=config.steps,
-                         seed=config.seed)
+    method = make_method(config.method, cfg=guidance_scale(config, prior), options=config.method_options,
+                         max_steps=config.steps, seed=config.seed)
+    config = replace(config, cfg=method.cfg)  # the report and checkpoint record the scale used
     negative = config.negative if config.negative is not None else getattr(method, "default_negative", None)
     prior.set_prompts(config.prompt, negative, config.view_dependent)
     method.setup(prior)

@@ -79,7 +79,7 @@ class Distill3DSettings(bpy.types.PropertyGroup):
                        min=0, max=int(REQUEST_FIELDS["steps"].high))
     resolution: IntProperty(name="Resolution", default=0, min=0, max=int(REQUEST_FIELDS["resolution"].high),
                             description="Render size in pixels while training (0: preset)")
-    use_cfg: BoolProperty(name="Guidance", default=False, description="Set the guidance scale (off: method default)")
+    use_cfg: BoolProperty(name="Guidance", default=False, description="Set the guidance scale (off: the prior's default, 1 for shapes, else the method's)")
     cfg: FloatProperty(name="CFG", default=7.5, soft_min=0.0, soft_max=100.0, **_limits("cfg"),
                        description="Classifier-free guidance scale")
     seed: IntProperty(name="Seed", default=0, min=0, description="Random seed (variations use seed, seed+1, ...)")

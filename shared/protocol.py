@@ -72,7 +72,7 @@ REQUEST_FIELDS: dict[str, Field] = {
     "negative": Field("str", None, nullable=True, max_length=1000, help="negative prompt; null: method default"),
     "steps": Field("int", 800, 1, _N, help="optimisation steps"),
     "resolution": Field("int", 64, 8, 1024, help="render height = width, pixels"),
-    "cfg": Field("float", None, -1000.0, 1000.0, nullable=True, help="guidance scale; null: method default"),
+    "cfg": Field("float", None, -1000.0, 1000.0, nullable=True, help="guidance scale; null: the prior's default (1 for shapes), else the method's"),
     "seed": Field("int", 0, 0, 2**63 - 1),
     "method_options": Field("options", {}, help="the method's options, name -> value (shared/schema.py METHODS)"),
     "device": Field("str", "auto", pattern=r"auto|cpu|cuda(:[0-9]{1,2})?", help="auto, cpu, cuda or cuda:N"),

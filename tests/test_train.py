@@ -176,3 +176,46 @@ def test_the_nerf_side_of_a_step_never_syncs_with_the_host():
         torch.cuda.set_sync_debug_mode(0)
     timer.collect()
     assert guard.read() == (0, 0) and len(timer.seconds["step"]) == 4
+
+
+def test_guidance_scale_is_the_users_else_the_priors_else_the_methods():
+    from backend.priors.gaussian_mixture import GaussianMixturePrior
+    from backend.priors.shapes import ShapesPrior
+    from backend.train import guidance_scale
+
+    shapes = ShapesPrior(resolution=16)
+    assert guidance_scale(tiny("sds"), shapes) == shapes.default_cfg == 1.0
+    assert guidance_scale(tiny("sds", cfg=7.5), shapes) == 7.5
+    assert guidance_scale(tiny("sds", method_options={"cfg": 30.0}), shapes) is None  # the option wins in make_method
+    assert guidance_scale(tiny("sds"), GaussianMixturePrior()) is None                # SDS's own 100
+
+
+def test_the_report_records_the_guidance_scale_the_run_used(tmp_path):
+    for overrides, expected in (({}, 1.0), ({"cfg": 7.5}, 7.5), ({"method_options": {"cfg": 30.0}}, 30.0)):
+        config = with_preset("tiny", prompt=PROMPT, method="sds", steps=2, export_mesh=False, preview_every=0,
+                             checkpoint_every=0, **overrides)
+        result = train(config, tmp_path / str(expected))
+        assert result.report["settings"]["cfg"] == expected
+
+
+@pytest.mark.parametrize("method", ["sds", "fsd"])
+def test_the_true_object_is_a_fixed_point_at_the_shapes_priors_guidance_and_not_at_the_authors(method):
+    """Why the shapes prior defaults to cfg 1 (docs/quality.md, "Guidance"): its TEXT denoiser returns
+    the object's exact render, so at s = 1 the gradient at that render is 0 for every t and noise; at
+    the authors' scale the target is pushed (s - 1)(D_text - D_uncond) off it."""
+    from backend.methods import make_method
+    from backend.priors.base import TEXT
+    from backend.priors.shapes import ShapesPrior
+    from tests.helpers import random_view
+
+    prior = ShapesPrior(resolution=16)
+    prior.set_prompts("a red cube")
+    view = random_view(1, size=16)
+    x = prior.candidates(TEXT, view)[0]            # the object's exact render in the prior's space
+    norms = {}
+    for scale in (prior.default_cfg, 7.5):
+        the_method = make_method(method, cfg=scale, max_steps=10, seed=0)
+        the_method.setup(prior)
+        norms[scale] = max(the_method.gradient(x, step, view).grad.norm().item() for step in range(0, 10, 3))
+    assert norms[1.0] < 1e-3 * x.norm().item()
+    assert norms[7.5] > 100 * norms[1.0]

@@ -89,6 +89,9 @@ class Prior(ABC):
     #: the render resolution the prior wants as encoder input (e.g. 512 for SD through the VAE).
     render_resolution: int
     name: str = "prior"
+    #: the guidance scale a run uses when the user sets none; None: the method's own default (its
+    #: authors' value, chosen for Stable Diffusion). An exact prior needs none (docs/quality.md, "Guidance").
+    default_cfg: float | None = None
 
     @abstractmethod
     def set_prompts(self, prompt: str, negative: str | None = None, view_dependent: bool = True) -> None:

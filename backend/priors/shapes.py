@@ -132,6 +132,11 @@ class ShapesPrior(ExactPrior):
     """The exact prior over the catalog of backend/priors/shapes_world.py, in RGB space ([-1, 1])."""
 
     name = "shapes"
+    # TEXT is the named objects' exact renders, so the conditional needs no sharpening: at a scale s
+    # the target moves (s - 1)(D_text - D_uncond) off the object and no method's fixed point is the
+    # object any more. "a red cube", SDS, 800 steps: IoU 0.65 / 0.90 / 0.99 at s = 100 / 7.5 / 1
+    # (docs/quality.md, "Guidance").
+    default_cfg = 1.0
 
     def __init__(self, resolution: int = 64, device: torch.device | str = "cpu"):
         super().__init__(resolution)

@@ -29,7 +29,7 @@ NUM_TIMESTEPS = NoiseSchedule.num_train_timesteps
 class GradientOutput:
     grad: torch.Tensor          # g, same shape as x
     t: int                      # the timestep used (for logs and progress)
-    extras: dict[str, Any] = field(default_factory=dict)  # e.g. x0_hat for previews
+    extras: dict[str, Any] = field(default_factory=dict)  # the noise and z_t used (tests, analysis)
 
 
 def cfg_combine(e_uncond: torch.Tensor, e_text: torch.Tensor, scale: float) -> torch.Tensor:

@@ -17,8 +17,7 @@ from typing import ClassVar
 import torch
 
 from ..priors.base import NEGATIVE, NFSD_NEGATIVE_PROMPT, TEXT, UNCOND, View
-from .base import GradientOutput, cfg_combine, timestep_batch, weight
-from .ddim import predicted_x0
+from .base import GradientOutput, timestep_batch, weight
 from .sds import RandomTimesteps
 
 # Below this t the unconditional prediction is taken as delta_D alone (eq. 6): its noise part is small.
@@ -45,5 +44,4 @@ class NFSD(RandomTimesteps):
         z_t = schedule.add_noise(x, eps, t)
         e_text, e_uncond, e_neg = self.prior.predict_noise(z_t, timestep_batch(t, x), (TEXT, UNCOND, NEGATIVE), view)
         grad = weight(schedule, t, self.weighting, x) * nfsd_direction(e_text, e_uncond, e_neg, t, self.cfg)
-        x0_hat = predicted_x0(z_t, cfg_combine(e_uncond, e_text, self.cfg), schedule.abar(t, x))  # previews
-        return GradientOutput(grad, t, {"noise": eps, "z_t": z_t, "x0_hat": x0_hat})
+        return GradientOutput(grad, t, {"noise": eps, "z_t": z_t})

@@ -98,7 +98,7 @@ class SDI(Method):
         x0_hat = predicted_x0(z, e_hat, schedule.abar(t, x))
         grad = x - x0_hat                                                             # eq. 10
         eps_inv = (z - a_t * x) / s_t  # the inverted noise, in SDS's place (eq. 10)
-        return GradientOutput(grad, t, {"noise": eps_inv, "z_t": z, "x0_hat": x0_hat})
+        return GradientOutput(grad, t, {"noise": eps_inv, "z_t": z})
 
     def gradient(self, x: torch.Tensor, step: int, view: View) -> GradientOutput:
         t = self.timestep(step)

@@ -15,7 +15,6 @@ import torch
 from ..errors import UserError
 from ..priors.base import Prior, View
 from .base import NUM_TIMESTEPS, GradientOutput, Method, guided_noise, weight
-from .ddim import predicted_x0
 
 
 def sds_gradient(prior: Prior, x: torch.Tensor, t: int, eps: torch.Tensor, view: View, scale: float,
@@ -25,8 +24,7 @@ def sds_gradient(prior: Prior, x: torch.Tensor, t: int, eps: torch.Tensor, view:
     z_t = prior.schedule.add_noise(x, eps, t)                                  # FSD paper eq. 1
     e_s = guided_noise(prior, z_t, t, view, scale)                             # NFSD paper eq. 1
     grad = weight(prior.schedule, t, weighting, x) * (e_s - eps)              # NFSD paper eq. 2
-    x0_hat = predicted_x0(z_t, e_s, prior.schedule.abar(t, x))                 # for previews
-    return GradientOutput(grad, t, {"noise": eps, "z_t": z_t, "x0_hat": x0_hat})
+    return GradientOutput(grad, t, {"noise": eps, "z_t": z_t})
 
 
 @dataclass

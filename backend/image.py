@@ -17,7 +17,7 @@ import torch
 from .cameras import front_camera
 from .devices import resolve_device
 from .errors import UserError
-from .methods import METHODS, GradientOutput, Method, ddim_sample, gradient_loss, make_method
+from .methods import METHODS, GradientOutput, Method, ddim_sample, gradient_loss, guidance_scale, make_method
 from .methods.base import weight
 from .priors.base import Prior, View
 
@@ -160,9 +160,9 @@ def distill_prompt_image(prompt: str, method: str = "sds", steps: int = 500, res
                          options: dict | None = None, negative: str | None = None,
                          device: torch.device | str = "cpu") -> torch.Tensor:
     """A prompt -> one distilled image [3, H, W] in [0, 1] (backend.distill_image, `python -m backend image`)."""
-    the_method = make_method(method, cfg, options, max_steps=steps, seed=seed)
     device = resolve_device(device)
     the_prior = load_image_prior(prior, resolution, device)
+    the_method = make_method(method, guidance_scale(cfg, options, the_prior), options, max_steps=steps, seed=seed)
     the_prior.set_prompts(prompt, negative if negative is not None else the_method.default_negative,
                           view_dependent=False)
     x = distill_image(the_prior, the_method, steps, image_view(the_prior, device))

@@ -26,7 +26,7 @@ from .errors import UserError
 from .events import CoarseMesh, EventCallback, Finished, Log, Preview, Progress, StopCheck, ignore_event, never_stop
 from .finish import finish, ground_truth_metrics, render_views  # noqa: F401  (ground_truth_metrics: public here)
 from .losses import total_loss
-from .methods import make_method
+from .methods import guidance_scale, make_method
 from .nan_guard import MAX_BAD_STEPS, NaNGuard
 from .nerf import NeRFModel
 from .pictures import save_png, to_uint8
@@ -43,14 +43,6 @@ class TrainResult:
     outputs: dict[str, Path] = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     stopped: bool = False
-
-
-def guidance_scale(config: GenerateConfig, prior: Prior) -> float | None:
-    """The user's cfg (--cfg or a cfg method option), else the prior's default; None leaves the
-    method's own default."""
-    if config.cfg is not None or "cfg" in config.method_options:
-        return config.cfg
-    return prior.default_cfg
 
 
 def prepare_output(out_dir: Path) -> Path:
@@ -114,7 +106,8 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
         on_event(Log("info", f"loading prior {config.prior!r}"))
         prior = load_prior(config.prior, device, resolution=config.resolution, offline=config.offline,
                            options=config.prior_options)
-    method = make_method(config.method, cfg=guidance_scale(config, prior), options=config.method_options,
+    method = make_method(config.method, cfg=guidance_scale(config.cfg, config.method_options, prior),
+                         options=config.method_options,
                          max_steps=config.steps, seed=config.seed)
     config = replace(config, cfg=method.cfg)  # the report and checkpoint record the scale used
     negative = config.negative if config.negative is not None else getattr(method, "default_negative", None)

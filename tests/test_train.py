@@ -181,13 +181,13 @@ def test_the_nerf_side_of_a_step_never_syncs_with_the_host():
 def test_guidance_scale_is_the_users_else_the_priors_else_the_methods():
     from backend.priors.gaussian_mixture import GaussianMixturePrior
     from backend.priors.shapes import ShapesPrior
-    from backend.train import guidance_scale
+    from backend.methods import guidance_scale
 
     shapes = ShapesPrior(resolution=16)
-    assert guidance_scale(tiny("sds"), shapes) == shapes.default_cfg == 1.0
-    assert guidance_scale(tiny("sds", cfg=7.5), shapes) == 7.5
-    assert guidance_scale(tiny("sds", method_options={"cfg": 30.0}), shapes) is None  # the option wins in make_method
-    assert guidance_scale(tiny("sds"), GaussianMixturePrior()) is None                # SDS's own 100
+    assert guidance_scale(None, {}, shapes) == shapes.default_cfg == 1.0
+    assert guidance_scale(7.5, {}, shapes) == 7.5
+    assert guidance_scale(None, {"cfg": 30.0}, shapes) is None        # the option wins in make_method
+    assert guidance_scale(None, None, GaussianMixturePrior()) is None  # SDS's own 100
 
 
 def test_the_report_records_the_guidance_scale_the_run_used(tmp_path):

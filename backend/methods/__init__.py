@@ -44,10 +44,18 @@ def make_method(name: str, cfg: float | None = None, options: dict[str, Any] | N
     return cls(**options, max_steps=max_steps, seed=seed)  # __post_init__ checks the values together
 
 
+def guidance_scale(cfg: float | None, options: dict[str, Any] | None, prior) -> float | None:
+    """The guidance scale to build a method with: the user's (`cfg`, or a cfg in `options`), else the
+    prior's default_cfg (1 for the exact shapes prior); None leaves the method's own default."""
+    if cfg is not None or "cfg" in (options or {}):
+        return cfg
+    return prior.default_cfg
+
+
 def describe_methods() -> dict[str, str]:
     """name -> one-line description, from shared/schema.py (which the CLI help and the panel read too)."""
     return {name: spec.description for name, spec in SCHEMA.items()}
 
 
 __all__ = ["METHODS", "FSD", "NFSD", "SDI", "SDS", "GradientOutput", "Method", "ddim_sample",
-           "describe_methods", "gradient_loss", "make_method", "method_class"]
+           "describe_methods", "gradient_loss", "guidance_scale", "make_method", "method_class"]

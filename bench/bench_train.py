@@ -5,6 +5,8 @@
     python bench/bench_train.py mesh_quality          # the table of those runs (all methods), with mesh IoU,
                                                       # Chamfer and texture error of their meshes
     python bench/bench_train.py diversity             # distinct colours reached for "a sphere" over 8 seeds
+    python bench/bench_train.py guidance              # "a red cube" at guidance 100 / 7.5 / 1: the cause of
+                                                      # the old gap (docs/quality.md, "Guidance")
 
 Numbers are measured, never asserted: machines are noisy. Results go to bench/out/. On 2 cores, two
 processes with --threads 1 and disjoint --methods finish about 1.5x sooner than one; each writes its
@@ -125,9 +127,39 @@ def diversity(args) -> dict:
     return rows
 
 
+def guidance(args) -> dict:
+    """"a red cube" with SDS at its authors' scale, at 7.5 and at the shapes prior's 1, then every
+    other method at 1; with the occupancy against the truth and the mean albedo on the true surface."""
+    from backend.metrics import evaluate, grid_points, surface_points
+    from backend.priors.shapes_world import CatalogObject
+
+    cube = CatalogObject("cube", "red")
+    runs = [("sds", 100.0), ("sds", 7.5), ("sds", 1.0)] + [(m, 1.0) for m in args.methods if m != "sds"]
+    rows = {}
+    print(f"{'method':6s} {'cfg':>5s} {'IoU':>6s} {'albedo err':>10s} {'occupied':>8s} {'true':>6s} {'over':>6s} "
+          f"{'under':>6s}  mean albedo (true 0.85 0.10 0.10)")
+    for method, scale in runs:
+        result = run("a red cube", method, args.steps, OUT / f"guidance_{method}_{scale:g}", cfg=scale,
+                     export_mesh=False)
+        model, _ = load_model(result.outputs["checkpoint.pt"])
+        points = grid_points(64)
+        occupied = evaluate(model.density, points) > result.report["settings"]["mesh_threshold"]
+        inside = evaluate(cube.sdf, points) < 0
+        albedo = evaluate(model.albedo, surface_points(cube, 4096)).mean(0).tolist()
+        truth = result.report["ground_truth"]
+        rows[f"{method} | {scale:g}"] = row = {
+            "volume_iou": truth["volume_iou"], "albedo_error": truth["albedo_error"],
+            "occupied": int(occupied.sum()), "true": int(inside.sum()), "over": int((occupied & ~inside).sum()),
+            "under": int((~occupied & inside).sum()), "mean_albedo": albedo}
+        print(f"{method:6s} {scale:5g} {row['volume_iou']:6.3f} {row['albedo_error']:10.3f} {row['occupied']:8d} "
+              f"{row['true']:6d} {row['over']:6d} {row['under']:6d}  " + " ".join(f"{c:.2f}" for c in albedo),
+              flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("speed", "quality", "mesh_quality", "diversity", "all"), nargs="?",
+    parser.add_argument("what", choices=("speed", "quality", "mesh_quality", "diversity", "guidance", "all"), nargs="?",
                         default="all")
     parser.add_argument("--steps", type=int, default=800, help="the draft preset's (and the demo's) 800 by default")
     parser.add_argument("--seeds", type=int, default=8)
@@ -141,7 +173,8 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     results = {}
     suffix = "" if args.methods == list(METHODS) else "_" + "-".join(args.methods)
-    for what, fn in (("speed", speed), ("quality", quality), ("mesh_quality", mesh_quality), ("diversity", diversity)):
+    for what, fn in (("speed", speed), ("quality", quality), ("mesh_quality", mesh_quality), ("diversity", diversity),
+                     ("guidance", guidance)):
         if args.what in (what, "all"):
             results[what] = fn(args)
             (OUT / f"train_{what}{suffix}.json").write_text(json.dumps(results[what], indent=1, default=str))

@@ -124,6 +124,24 @@ def test_texture_matches_the_albedo_at_surface_points(exported, name):
     assert mesh.visual.material.metallicFactor == 0.0
 
 
+def test_texture_shows_the_albedo_a_camera_sees_not_the_one_at_the_isosurface(tmp_path):
+    """A trained field's albedo is pinned only where its density is seen; at the isosurface, the soft
+    surface's outer edge, it drifts. Here it is red inside the isosurface and blue outside: sampled at
+    the surface the texture is mostly blue, seen it is red."""
+    class Skin(SDFField):
+        def albedo(self, points):
+            outside = (self.sdf(points) > 0).float()[:, None]
+            red, blue = torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.1, 0.1, 0.9])
+            return red + (blue - red) * outside
+    result = export_mesh(Skin(world.sdf_sphere), tmp_path, resolution=48, face_budget=3000, texture_size=128)
+    mesh = load_asset(result.paths["mesh.glb"])
+    ids, bary = random_surface_samples(mesh.faces, 2000)
+    error = np.abs(texture_color(mesh, ids, bary) - np.array([0.9, 0.1, 0.1])).max(axis=1)
+    # (where the mesh lies a little outside the isosurface a camera does see ~10% of the blue skin;
+    # sampled at the surface the error was 0.77 on average)
+    assert error.mean() < 0.03 and np.percentile(error, 90) < 0.1
+
+
 def test_texture_has_no_black_borders(exported):
     _, result = exported["torus"]
     image = np.asarray(Image.open(result.paths["texture.png"]).convert("RGB")).astype(int)
@@ -197,7 +215,8 @@ def test_failed_unwrap_falls_back_to_vertex_colors(tmp_path, monkeypatch, caplog
     mesh = load_asset(result.paths["mesh.glb"])
     assert mesh.visual.kind == "vertex"
     truth = field.albedo(torch.from_numpy(mesh.vertices).float()).numpy()
-    assert np.abs(mesh.visual.vertex_colors[:, :3] / 255.0 - truth).max() < 0.01
+    # the seen albedo, from up to ~0.02 inside the surface, where this albedo differs by about 0.01
+    assert np.abs(mesh.visual.vertex_colors[:, :3] / 255.0 - truth).max() < 0.03
     assert "mesh.mtl" not in result.paths
     obj = load_asset(result.paths["mesh.obj"])
     np.testing.assert_allclose(obj.visual.vertex_colors[:, :3], mesh.visual.vertex_colors[:, :3], atol=1)

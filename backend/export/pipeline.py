@@ -82,13 +82,14 @@ def export_mesh(field, out_dir, resolution: int = 256, threshold: float | None =
     atlas = unwrap(positions, np.asarray(mesh.faces), normals, texture_size)
     clock.lap("uv")
     if atlas is not None:
-        texture, fill = bake_albedo(field, positions[atlas.vertex_map], atlas.faces, atlas.uv, texture_size, chunk)
+        texture, fill = bake_albedo(field, positions[atlas.vertex_map], normals[atlas.vertex_map], atlas.faces,
+                                    atlas.uv, texture_size, chunk)
         asset = Asset(to_gltf(positions[atlas.vertex_map]), atlas.faces, to_gltf(normals[atlas.vertex_map]),
                       uv=atlas.uv, texture=texture)
     else:
         fill = 0.0
         asset = Asset(to_gltf(positions), np.asarray(mesh.faces), to_gltf(normals),
-                      colors=vertex_colors(field, positions, chunk))
+                      colors=vertex_colors(field, positions, chunk, normals))
     clock.lap("bake")
     paths = write_asset(asset, out_dir)
     clock.lap("write")

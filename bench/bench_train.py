@@ -103,13 +103,14 @@ def mesh_quality(args) -> dict:
                   f"{row['chamfer']:8.4f} {row['tex_err']:8.3f}", flush=True)
     if pictures:
         save_png(grid(pictures, labels, columns=len(args.methods)), OUT / "quality_grid.png")
-    print(f"\n{'method':6s} {'mean field IoU':>14s} {'min':>6s} {'mean albedo err':>15s} {'mean mesh IoU':>13s}")
+    print(f"\n{'method':6s} {'mean field IoU':>14s} {'min':>6s} {'mean albedo err':>15s} {'mean mesh IoU':>13s} "
+          f"{'mean tex err':>12s}")
     for method in args.methods:
         mine = [row for key, row in rows.items() if key.startswith(f"{method} |")]
         if mine:
             print(f"{method:6s} {statistics.mean(r['field_iou'] for r in mine):14.3f} "
                   f"{min(r['field_iou'] for r in mine):6.3f} {statistics.mean(r['albedo_error'] for r in mine):15.3f} "
-                  f"{statistics.mean(r['iou'] for r in mine):13.3f}")
+                  f"{statistics.mean(r['iou'] for r in mine):13.3f} {statistics.mean(r['tex_err'] for r in mine):12.3f}")
     return rows
 
 

@@ -38,7 +38,8 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                         help="score distillation method (see `generate --help`)")
     parser.add_argument("--prior", default="shapes",
                         help="'shapes' (built-in exact prior) or a Stable Diffusion hub id or local folder")
-    parser.add_argument("--cfg", type=float, help="guidance scale (default: the prior's if it sets one, 1 for shapes, else the method's cfg option)")
+    parser.add_argument("--cfg", type=float,
+                        help="guidance scale (default: the prior's if it sets one, 1 for shapes, else the method's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--negative", help="negative prompt (default: NFSD's for nfsd, none otherwise)")
     parser.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",

@@ -107,8 +107,7 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
         prior = load_prior(config.prior, device, resolution=config.resolution, offline=config.offline,
                            options=config.prior_options)
     method = make_method(config.method, cfg=guidance_scale(config.cfg, config.method_options, prior),
-                         options=config.method_options,
-                         max_steps=config.steps, seed=config.seed)
+                         options=config.method_options, max_steps=config.steps, seed=config.seed)
     config = replace(config, cfg=method.cfg)  # the report and checkpoint record the scale used
     negative = config.negative if config.negative is not None else getattr(method, "default_negative", None)
     prior.set_prompts(config.prompt, negative, config.view_dependent)

@@ -131,7 +131,7 @@ def diversity(args) -> dict:
 def guidance(args) -> dict:
     """"a red cube" with SDS at its authors' scale, at 7.5 and at the shapes prior's 1, then every
     other method at 1; with the occupancy against the truth and the mean albedo on the true surface."""
-    from backend.metrics import evaluate, grid_points, surface_points
+    from backend.metrics import evaluate, grid_points, occupancy, surface_points
     from backend.priors.shapes_world import CatalogObject
 
     cube = CatalogObject("cube", "red")
@@ -143,9 +143,8 @@ def guidance(args) -> dict:
         result = run("a red cube", method, args.steps, OUT / f"guidance_{method}_{scale:g}", cfg=scale,
                      export_mesh=False)
         model, _ = load_model(result.outputs["checkpoint.pt"])
-        points = grid_points(64)
-        occupied = evaluate(model.density, points) > result.report["settings"]["mesh_threshold"]
-        inside = evaluate(cube.sdf, points) < 0
+        occupied = occupancy(model.density, result.report["settings"]["mesh_threshold"])
+        inside = evaluate(cube.sdf, grid_points(64)) < 0
         albedo = evaluate(model.albedo, surface_points(cube, 4096)).mean(0).tolist()
         truth = result.report["ground_truth"]
         rows[f"{method} | {scale:g}"] = row = {

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import xatlas
 
+from ..nerf.renderer import accumulate, weights
 from .extract import DEFAULT_CHUNK, field_device, query
 from .raster import rasterize_triangles
 
@@ -32,16 +33,15 @@ def seen_albedo(field):
     the isosurface, a green cone's texture was off by 0.25 on average, 0.03 at 0.02-0.03 inside
     (docs/export.md, "Texture")."""
     def fn(batch: torch.Tensor) -> torch.Tensor:
-        points, normals = batch[:, :3], batch[:, 3:]
-        depth = (torch.arange(SEEN_SAMPLES, device=batch.device) + 0.5) * (SEEN_DEPTH / SEEN_SAMPLES)
-        samples = (points[:, None] - depth[None, :, None] * normals[:, None]).reshape(-1, 3)
-        alpha = 1.0 - torch.exp(-field.density(samples).view(len(batch), -1) * (SEEN_DEPTH / SEEN_SAMPLES))
-        transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha[:, :-1]], 1), 1)
-        weights = alpha * transmittance                                                      # [N, S]
-        albedo = field.albedo(samples).view(len(batch), -1, 3)
-        total = weights.sum(1, keepdim=True)
-        seen = (weights[..., None] * albedo).sum(1) / total.clamp(min=1e-6)
-        return torch.where(total > 1e-3, seen, albedo[:, 0])  # nothing seen: the albedo at the surface
+        n, step = len(batch), SEEN_DEPTH / SEEN_SAMPLES
+        depth = (torch.arange(SEEN_SAMPLES, device=batch.device) + 0.5) * step
+        samples = (batch[:, None, :3] - depth[None, :, None] * batch[:, None, 3:]).reshape(-1, 3)
+        ray = torch.arange(n, device=batch.device).repeat_interleave(SEEN_SAMPLES)  # one ray per point
+        w = weights(field.density(samples), step, ray, n)[:, None]                  # the renderer's weights
+        albedo = field.albedo(samples)
+        total = accumulate(w, ray, n)
+        seen = accumulate(w * albedo, ray, n) / total.clamp(min=1e-6)
+        return torch.where(total > 1e-3, seen, albedo[::SEEN_SAMPLES])  # nothing seen: the albedo at the surface
     return fn
 
 

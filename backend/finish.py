@@ -53,14 +53,15 @@ def finish(config: GenerateConfig, model: NeRFModel, prior: Prior, out_dir: Path
         try:
             exported = export_mesh(model, out_dir, resolution=config.mesh_resolution, face_budget=config.face_budget,
                                    texture_size=config.texture_size, smooth=config.mesh_smooth,
-                                   threshold=config.mesh_threshold)
+                                   threshold=config.mesh_threshold, normal_map=config.normal_map)
             outputs.update(exported.paths)
             export_stats = exported.stats
         except UserError as error:  # keep the run's other results; the mesh can be re-exported later
             export_stats = {"error": str(error)}
             on_event(Log("warning", f"mesh export failed: {error} Re-export with: python -m backend export "
                                     f"{out_dir / 'checkpoint.pt'} --threshold LOWER"))
-    report = build_report(config, prior, model, device, timings, elapsed, steps_done, export_stats)
+    report = build_report(config, prior, model, device, timings, elapsed, steps_done, export_stats,
+                          outputs.get("mesh.glb"))
     outputs["report.json"] = write_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=str))
     return outputs, report
 
@@ -72,7 +73,7 @@ def peak_memory_mb(device: torch.device) -> dict:
     return peak
 
 
-def build_report(config, prior, model, device, timings, elapsed, steps_done, export_stats) -> dict:
+def build_report(config, prior, model, device, timings, elapsed, steps_done, export_stats, mesh_path=None) -> dict:
     median = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
     report = {
         "settings": config.to_dict(),
@@ -87,20 +88,35 @@ def build_report(config, prior, model, device, timings, elapsed, steps_done, exp
         "export": export_stats,
     }
     if hasattr(prior, "ground_truth"):
-        report["ground_truth"] = ground_truth_metrics(model, prior.ground_truth(), config.mesh_threshold)
+        level = export_stats.get("threshold", config.mesh_threshold)   # the exported mesh's level
+        report["ground_truth"] = ground_truth_metrics(model, prior.ground_truth(), level, mesh_path)
     return report
 
 
 @torch.no_grad()
-def ground_truth_metrics(model: NeRFModel, objects, threshold: float) -> dict:
-    """For the exact prior: volume IoU of the field's occupancy against the best-matching prompt
-    object, and the albedo error on that object's surface."""
-    from .metrics import albedo_error, best_match
+def ground_truth_metrics(model: NeRFModel, objects, threshold: float | None, mesh_path: Path | None = None) -> dict:
+    """For the exact prior: volume IoU of the field's occupancy at the surface level against the
+    best-matching prompt object, the albedo error on that object's surface, and with the exported
+    mesh, its surface measures (metrics.surface_metrics: accuracy, completeness, F-score, normals).
+    threshold None: the level the export would choose (export.level.surface_level)."""
+    from .export.level import surface_level
+    from .export.extract import DEFAULT_THRESHOLD
+    from .metrics import albedo_error, best_match, surface_metrics
 
+    if threshold is None:
+        try:
+            threshold = surface_level(model).level
+        except UserError:  # nothing opaque yet (an untrained field): any level reads as empty
+            threshold = DEFAULT_THRESHOLD
     device = next(model.parameters()).device
     density = lambda p: model.density(p.to(device))  # noqa: E731  (the metrics work on the CPU)
     albedo = lambda p: model.albedo(p.to(device))  # noqa: E731
     obj, iou = best_match(density, objects, threshold, 64, albedo_fn=albedo)
     error = albedo_error(albedo, obj)
-    return {"object": obj.name, "volume_iou": float(iou), "albedo_error": float(error), "threshold": threshold,
-            "candidates": len(objects)}
+    result = {"object": obj.name, "volume_iou": float(iou), "albedo_error": float(error), "threshold": threshold,
+              "candidates": len(objects)}
+    if mesh_path is not None and Path(mesh_path).exists():
+        from .export.readback import load_asset
+        mesh = load_asset(Path(mesh_path))
+        result["surface"] = surface_metrics(mesh.vertices, mesh.faces, obj)
+    return result

@@ -2,7 +2,7 @@
 
 x itself is the "3D model" (d x / d theta = I). Each method has its own 2D optimiser (`OPTIMIZERS_2D`):
 FSD takes the step sizes of its paper's Proposition 1 and then follows the DDIM trajectory of its noise
-(measured in docs/methods.md: within 0.1 of DDIM from the same noise on the Gaussian-mixture prior);
+(how close it comes to DDIM from the same noise is measured in docs/methods.md);
 SDI takes its authors' Adam settings; SDS and NFSD take Adam at lr 0.03. `compare_2d` runs several
 methods and DDIM from one seed. What each method reaches is measured in docs/methods.md.
 """

@@ -29,10 +29,16 @@ def orientation_weight(step: int, config) -> float:
     return config.lambda_orientation + f * (config.lambda_orientation_end - config.lambda_orientation)
 
 
-def total_loss(x: torch.Tensor, g: torch.Tensor, render, step: int, config) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the loss to back-propagate, the score-distillation part alone) for one step."""
+def total_loss(x: torch.Tensor, g: torch.Tensor, render, step: int, config, guide=None,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss to back-propagate, the score-distillation part alone) for one step. `guide`: the shape
+    guide of a run started from a mesh (backend/shape_guide.py ShapeGuide), drawing its points from
+    `generator`."""
     loss_sd = gradient_loss(x, g)
     loss = loss_sd + orientation_weight(step, config) * render.orientation_loss
     if config.lambda_sparsity > 0:
         loss = loss + config.lambda_sparsity * sparsity_loss(render.opacity)
+    shape = guide(step, generator) if guide is not None else None
+    if shape is not None:
+        loss = loss + shape
     return loss, loss_sd

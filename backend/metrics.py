@@ -13,6 +13,7 @@ import functools
 from collections import Counter
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -139,3 +140,167 @@ def distinct_colors(fields: Iterable[tuple[PointFn, PointFn]], threshold: float,
     per seed for "a sphere": the diversity a method shows on an ambiguous prompt."""
     colors = {field_color(density, albedo, threshold, resolution) for density, albedo in fields}
     return sorted(c for c in colors if c is not None)
+
+
+# ------------------------------------------------------------------------------------------------
+# The exported surface against the true one (docs/quality.md, "Surface"). Accuracy, completeness and
+# F-score follow the usual multi-view-stereo definitions (Knapitsch et al. 2017, Tanks and Temples):
+# accuracy is the mean distance of the mesh to the truth, completeness the mean distance of the truth
+# to the mesh, and the F-score the harmonic mean of the shares of each within a distance tau.
+
+F_SCORE_TAU = 0.01       # world units: 1% of the unit the catalogue objects are sized in (docs/quality.md)
+FLAT_DEGREES = 5.0       # a face counts as flat when its normal is this close to the true one
+BOTTOM_SHARE = 0.1       # "the underside": points in the lowest 10% of the object's height
+
+
+def sample_mesh(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n points uniform by area on a triangle mesh and the face each lies on: ([n, 3], [n])."""
+    tri = np.asarray(vertices, np.float64)[faces]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    rng = np.random.default_rng(seed)
+    face = rng.choice(len(faces), size=n, p=area / area.sum())
+    u, v = rng.random(n), rng.random(n)
+    flip = u + v > 1.0   # fold the unit square onto the triangle: uniform barycentrics
+    u[flip], v[flip] = 1.0 - u[flip], 1.0 - v[flip]
+    t = tri[face]
+    return t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0]), face
+
+
+def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Unit normals [F, 3] of counter-clockwise faces (zero for degenerate ones)."""
+    tri = np.asarray(vertices, np.float64)[faces]
+    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    length = np.linalg.norm(normal, axis=1, keepdims=True)
+    return np.divide(normal, length, out=np.zeros_like(normal), where=length > 0)
+
+
+def _point_triangle_distance(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
+    """Exact distance from points p [N, 3] to triangles tri [N, 3, 3], pairwise: the closest point by
+    the Voronoi regions of the vertices, edges and face (Ericson, Real-Time Collision Detection, 5.1.5)."""
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    dot = lambda x, y: np.einsum("ij,ij->i", x, y)  # noqa: E731
+    ab, ac, ap, bp, cp = b - a, c - a, p - a, p - b, p - c
+    d1, d2, d3, d4, d5, d6 = dot(ab, ap), dot(ac, ap), dot(ab, bp), dot(ac, bp), dot(ab, cp), dot(ac, cp)
+    va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        denom = va + vb + vc
+        v, w = np.nan_to_num(vb / denom), np.nan_to_num(vc / denom)
+        closest = a + v[:, None] * ab + w[:, None] * ac                               # inside the face
+        cases = [  # later cases win: from the face region out to the vertex regions
+            ((vc <= 0) & (d1 >= 0) & (d3 <= 0), a + np.nan_to_num(d1 / (d1 - d3))[:, None] * ab),       # edge ab
+            ((vb <= 0) & (d2 >= 0) & (d6 <= 0), a + np.nan_to_num(d2 / (d2 - d6))[:, None] * ac),       # edge ac
+            ((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0),
+             b + np.nan_to_num((d4 - d3) / ((d4 - d3) + (d5 - d6)))[:, None] * (c - b)),                # edge bc
+            ((d1 <= 0) & (d2 <= 0), a), ((d3 >= 0) & (d4 <= d3), b), ((d6 >= 0) & (d5 <= d6), c),     # vertices
+        ]
+    for mask, point in cases:
+        closest = np.where(mask[:, None], point, closest)
+    return np.linalg.norm(p - closest, axis=1)
+
+
+def point_mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, k: int = 16) -> np.ndarray:
+    """Exact distance [N] from each point to a triangle mesh. Candidates are the faces with the k
+    nearest centroids; a face further out has its centroid at least d_k away, so it is at least
+    d_k - r away (r: the largest centroid-to-vertex distance of any face). Points whose best
+    distance is not below that bound are answered again with every face in reach."""
+    from scipy.spatial import cKDTree
+
+    points, tri = np.asarray(points, np.float64), np.asarray(vertices, np.float64)[faces]
+    centroid = tri.mean(axis=1)
+    reach = float(np.linalg.norm(tri - centroid[:, None], axis=2).max())
+    tree = cKDTree(centroid)
+    k = min(k, len(faces))
+    centre_distance, nearest = tree.query(points, k=k)
+    centre_distance, nearest = centre_distance.reshape(len(points), k), nearest.reshape(len(points), k)
+    exact = _point_triangle_distance(np.repeat(points, k, axis=0), tri[nearest.reshape(-1)]).reshape(-1, k)
+    best = exact.min(axis=1)
+    unsure = np.nonzero(best > centre_distance[:, -1] - reach)[0] if k < len(faces) else np.zeros(0, int)
+    if len(unsure):
+        candidates = tree.query_ball_point(points[unsure], best[unsure] + reach)
+        owner = np.repeat(unsure, [len(c) for c in candidates])
+        exact = _point_triangle_distance(points[owner], tri[np.concatenate(candidates).astype(np.int64)])
+        np.minimum.at(best, owner, exact)
+    return best
+
+
+def _angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Degrees between unit vectors a and b, row by row."""
+    return np.degrees(np.arccos(np.clip(np.einsum("ij,ij->i", a, b), -1.0, 1.0)))
+
+
+def _region_stats(signed: np.ndarray, angle: np.ndarray, completeness: np.ndarray) -> dict:
+    """Accuracy (mean |sdf|), signed offset (mean, std; + is outside) and normal error of the mesh
+    samples in a region, with the completeness of the true samples in it."""
+    if len(signed) == 0:
+        return {"samples": 0}
+    return {"samples": int(len(signed)), "accuracy": float(np.abs(signed).mean()), "offset": float(signed.mean()),
+            "offset_std": float(signed.std()), "normal_error_mean": float(angle.mean()),
+            "completeness": float(completeness.mean()) if len(completeness) else None}
+
+
+def _cube_flat_share(points: np.ndarray, normals: np.ndarray) -> float:
+    """Share of the samples whose normal is within FLAT_DEGREES of the cube face they sit on (the
+    face of the axis along which the point lies furthest out: the cube is axis-aligned)."""
+    axis = np.abs(points).argmax(axis=1)
+    face = np.zeros_like(points)
+    face[np.arange(len(points)), axis] = np.sign(points[np.arange(len(points)), axis])
+    return float((_angles(normals, face) <= FLAT_DEGREES).mean())
+
+
+def mesh_iou(vertices: np.ndarray, faces: np.ndarray, obj: CatalogObject, resolution: int = 64) -> float:
+    """Volume IoU of a closed mesh (inside by ray parity) with the object, on the cell centres of a
+    resolution^3 grid over [-1, 1]^3."""
+    from .export.raster import mesh_occupancy
+
+    points = grid_points(resolution)
+    # A ray through a mesh edge exactly counts its crossing twice or not at all, which flips the
+    # parity of a whole row (a box's diagonal, the symmetric rows of a marching-cubes mesh): a shift
+    # far below a cell moves every edge off the ray grid.
+    shifted = np.asarray(vertices, np.float64) + np.array([0.0, 1.234567e-5, 2.345678e-5])
+    inside = mesh_occupancy(shifted, faces, points[:resolution, 2].numpy()).reshape(-1)
+    return volume_iou(torch.from_numpy(inside), evaluate(obj.sdf, points) < 0)
+
+
+@torch.no_grad()
+def surface_metrics(vertices: np.ndarray, faces: np.ndarray, obj: CatalogObject, n: int = 20000,
+                    tau: float = F_SCORE_TAU, seed: int = 0) -> dict:
+    """A mesh (backend world, counter-clockwise faces) against the object's exact surface:
+    accuracy (mean |sdf| of area-uniform mesh samples: the catalogue SDFs are exact distances),
+    completeness (mean distance of true surface samples to the mesh), F-score at tau, normal error
+    (degrees between the face normal and the SDF gradient at each sample, so area-weighted; and per
+    face at the centroid, unweighted), the area share within FLAT_DEGREES, for the cube the share
+    within FLAT_DEGREES of its own face, volume IoU, and the same by region: bottom (the lowest
+    BOTTOM_SHARE of the object's height), top and sides. docs/quality.md, "Surface"."""
+    vertices, faces = np.asarray(vertices, np.float64), np.asarray(faces, np.int64)
+    samples, face = sample_mesh(vertices, faces, n, seed)
+    normals = face_normals(vertices, faces)
+    as_torch = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
+    signed = obj.sdf(as_torch(samples)).double().numpy()
+    angle = _angles(normals[face], sdf_gradient(obj.sdf, as_torch(samples)).double().numpy())
+    centroids = vertices[faces].mean(axis=1)
+    face_angle = _angles(normals, sdf_gradient(obj.sdf, as_torch(centroids)).double().numpy())
+    truth = surface_points(obj, n, seed + 1).double().numpy()
+    reach = point_mesh_distance(truth, vertices, faces)
+    precision, recall = float((np.abs(signed) < tau).mean()), float((reach < tau).mean())
+    z_low, z_high = float(truth[:, 2].min()), float(truth[:, 2].max())
+    band = BOTTOM_SHARE * (z_high - z_low)
+    regions = {}
+    for name, mine, theirs in (("bottom", samples[:, 2] < z_low + band, truth[:, 2] < z_low + band),
+                               ("top", samples[:, 2] > z_high - band, truth[:, 2] > z_high - band)):
+        regions[name] = _region_stats(signed[mine], angle[mine], reach[theirs])
+    side_mine = (samples[:, 2] >= z_low + band) & (samples[:, 2] <= z_high - band)
+    side_theirs = (truth[:, 2] >= z_low + band) & (truth[:, 2] <= z_high - band)
+    regions["sides"] = _region_stats(signed[side_mine], angle[side_mine], reach[side_theirs])
+    result = {
+        "accuracy": float(np.abs(signed).mean()), "offset": float(signed.mean()), "completeness": float(reach.mean()),
+        "tau": tau, "precision": precision, "recall": recall,
+        "fscore": 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall),
+        "normal_error_mean": float(angle.mean()), "normal_error_median": float(np.median(angle)),
+        "normal_error_face_mean": float(face_angle.mean()),
+        "within_5deg": float((angle <= FLAT_DEGREES).mean()),
+        "z_min": float(vertices[:, 2].min()), "true_z_min": z_low,
+        "volume_iou": mesh_iou(vertices, faces, obj), "regions": regions,
+    }
+    if obj.shape == "cube":
+        result["flat_share"] = _cube_flat_share(samples, normals[face])
+    return result

@@ -1,6 +1,8 @@
 """Pictures for people: PNG writing and labelled grids (previews, turntables, comparisons)."""
 from __future__ import annotations
 
+import io
+
 from pathlib import Path
 from typing import Sequence
 
@@ -8,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .fileio import write_with
+from .fileio import write_atomic
 
 
 def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -24,12 +26,19 @@ def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
     return image
 
 
+def png_bytes(image: torch.Tensor | np.ndarray, compress_level: int = 6) -> bytes:
+    """An image ([H, W, C] in 0..1 or uint8) as PNG bytes. compress_level 1 for the many short-lived
+    previews the server streams, PIL's default 6 for files that stay."""
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
 def save_png(image: torch.Tensor | np.ndarray, path: Path) -> Path:
     """Write a PNG atomically, so a reader never sees half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = Image.fromarray(to_uint8(image))
-    return write_with(path, lambda temp: pixels.save(temp, format="PNG"))
+    return write_atomic(path, png_bytes(image))
 
 
 def grid(images: Sequence[torch.Tensor | np.ndarray], labels: Sequence[str] | None = None, columns: int | None = None,

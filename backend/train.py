@@ -25,6 +25,7 @@ from .devices import resolve_device
 from .errors import UserError
 from .events import CoarseMesh, EventCallback, Finished, Log, Preview, Progress, StopCheck, ignore_event, never_stop
 from .finish import finish, ground_truth_metrics, render_views  # noqa: F401  (ground_truth_metrics: public here)
+from . import shape_guide
 from .losses import total_loss
 from .methods import guidance_scale, make_method
 from .nan_guard import MAX_BAD_STEPS, NaNGuard
@@ -75,7 +76,7 @@ def active_levels(step: int, config: GenerateConfig) -> int:
 def augment_background(render, probability: float, generator: torch.Generator):
     """(rgb, background), both [B, H, W, 3]: the render as is, or, with `probability`, recomposited
     over a random solid colour (threestudio's random_aug), so the learned background cannot take
-    on the object's colour and hide its silhouette from the prior (bench: cylinder IoU 0.16 -> 0.77)."""
+    on the object's colour and hide its silhouette from the prior (docs/quality.md)."""
     if torch.rand((), generator=generator).item() >= probability:
         return render.rgb, render.background
     background = torch.rand(3, generator=generator).to(render.rgb, non_blocking=True).expand_as(render.background)
@@ -87,6 +88,44 @@ def make_view(cameras, shading: str, lights: torch.Tensor, opacity: torch.Tensor
                 background=background.permute(0, 3, 1, 2).detach(), opacity=opacity.permute(0, 3, 1, 2).detach())
 
 
+def resume_state(config: GenerateConfig, out_dir: Path, device: torch.device, resume: bool,
+                 same: tuple[str, ...]) -> tuple[Path, dict | None]:
+    """(the run's checkpoint path, its saved state when resuming, else None). A checkpoint whose
+    settings named in `same` differ from config's is refused: it belongs to another run."""
+    checkpoint_path = out_dir / "checkpoint.pt"
+    state = load_checkpoint(checkpoint_path, map_location=device) if resume else None
+    for key in same if state is not None else ():
+        if state["config"].get(key) != getattr(config, key):
+            raise UserError(f"the checkpoint in {out_dir} is for the {key} {state['config'].get(key)!r}: resume "
+                            f"with the same {key}, or use another --out")
+    return checkpoint_path, state
+
+
+def prior_and_method(config: GenerateConfig, device: torch.device, prior: Prior | None,
+                     on_event: EventCallback) -> tuple[GenerateConfig, Prior, object]:
+    """The prior (loaded unless given) with the prompts set and the method set up on it, and the config
+    with the guidance scale used (the report and checkpoint record it)."""
+    if prior is None:
+        on_event(Log("info", f"loading prior {config.prior!r}"))
+        prior = load_prior(config.prior, device, resolution=config.resolution, offline=config.offline,
+                           options=config.prior_options)
+    method = make_method(config.method, cfg=guidance_scale(config.cfg, config.method_options, prior),
+                         options=config.method_options, max_steps=config.steps, seed=config.seed)
+    config = replace(config, cfg=method.cfg)
+    negative = config.negative if config.negative is not None else getattr(method, "default_negative", None)
+    prior.set_prompts(config.prompt, negative, config.view_dependent)
+    method.setup(prior)
+    return config, prior, method
+
+
+def make_optimizer(model, config: GenerateConfig) -> torch.optim.Adam:
+    """Adam over the field (lr) and the background (background_lr), threestudio's betas and eps."""
+    return torch.optim.Adam([
+        {"params": list(model.field_parameters()), "lr": config.lr},
+        {"params": list(model.background_parameters()), "lr": config.background_lr},
+    ], betas=(0.9, 0.99), eps=1e-15, fused=True)  # fused: one pass per tensor, and found_inf (NaNGuard)
+
+
 def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignore_event,
           should_stop: StopCheck = never_stop, prior: Prior | None = None, resume: bool = False) -> TrainResult:
     """Run (or resume) one text-to-3D distillation. See the module docstring."""
@@ -94,30 +133,12 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
     tune_allocator()
     out_dir = prepare_output(out_dir)
     device = resolve_device(config.device)
-    checkpoint_path = out_dir / "checkpoint.pt"
-    state = load_checkpoint(checkpoint_path, map_location=device) if resume else None
-    if state is not None and state["config"]["prompt"] != config.prompt:
-        raise UserError(f"the checkpoint in {out_dir} is for the prompt {state['config']['prompt']!r}: "
-                        "resume with the same prompt, or use another --out")
-
+    checkpoint_path, state = resume_state(config, out_dir, device, resume, ("prompt",))
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    if prior is None:
-        on_event(Log("info", f"loading prior {config.prior!r}"))
-        prior = load_prior(config.prior, device, resolution=config.resolution, offline=config.offline,
-                           options=config.prior_options)
-    method = make_method(config.method, cfg=guidance_scale(config.cfg, config.method_options, prior),
-                         options=config.method_options, max_steps=config.steps, seed=config.seed)
-    config = replace(config, cfg=method.cfg)  # the report and checkpoint record the scale used
-    negative = config.negative if config.negative is not None else getattr(method, "default_negative", None)
-    prior.set_prompts(config.prompt, negative, config.view_dependent)
-    method.setup(prior)
-
+    config, prior, method = prior_and_method(config, device, prior, on_event)
     model = NeRFModel(nerf_settings(config), device=device).to(device)
-    optimizer = torch.optim.Adam([
-        {"params": list(model.field_parameters()), "lr": config.lr},
-        {"params": list(model.background_parameters()), "lr": config.background_lr},
-    ], betas=(0.9, 0.99), eps=1e-15, fused=True)  # fused: one pass per tensor, and found_inf (NaNGuard)
+    optimizer = make_optimizer(model, config)
     start_step, elapsed_before = 0, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -126,6 +147,7 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
         generator.set_state(state["generator"])
         start_step, elapsed_before = state["step"], state.get("elapsed_s", 0.0)
         on_event(Log("info", f"resumed from {checkpoint_path} at step {start_step}"))
+    guide = shape_guide.prepare(model, config, fresh=state is None)  # source "shape": start from the mesh
 
     def checkpoint(step: int, elapsed: float) -> None:
         save_checkpoint(checkpoint_path, config=config.to_dict(), step=step, elapsed_s=elapsed,
@@ -160,7 +182,7 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
         out = method.gradient(x.detach(), step, make_view(cameras, shading, lights, render.opacity, background))
         marks.append(timer.mark())
 
-        loss, loss_sd = total_loss(x, out.grad.to(x.dtype), render, step, config)
+        loss, loss_sd = total_loss(x, out.grad.to(x.dtype), render, step, config, guide=guide, generator=generator)
         optimizer.found_inf = guard.check(out.grad, loss)  # a bad step changes nothing (fused Adam skips it)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -7,6 +7,9 @@
     python bench/bench_train.py diversity             # distinct colours reached for "a sphere" over 8 seeds
     python bench/bench_train.py guidance              # "a red cube" at guidance 100 / 7.5 / 1: the cause of
                                                       # the old gap (docs/quality.md, "Guidance")
+    python bench/bench_train.py surface --folders DIR [DIR ...] [--prompt "a red cube"]
+                                                      # the surface measures of exported meshes (mesh.glb)
+                                                      # against the truth (docs/quality.md, "Surface")
 
 Numbers are measured, never asserted: machines are noisy. Results go to bench/out/. On 2 cores, two
 processes with --threads 1 and disjoint --methods finish about 1.5x sooner than one; each writes its
@@ -64,12 +67,13 @@ def quality(args) -> dict:
                          mesh_resolution=128, texture_size=256)
             truth = result.report["ground_truth"]
             rows[f"{method} | {prompt}"] = {"volume_iou": truth["volume_iou"], "albedo_error": truth["albedo_error"],
-                                            "export": {k: result.report["export"].get(k) for k in ("faces", "error")},
-                                            "seconds": time.perf_counter() - start}
+                                            "export": {k: result.report["export"].get(k)
+                                                       for k in ("faces", "error", "level")},
+                                            "surface": truth.get("surface"), "seconds": time.perf_counter() - start}
             pictures.append(np.asarray(Image.open(result.outputs["turntable.png"]))[: args.tile, : args.tile])
             labels.append(f"{method}: {prompt[2:]}")
-            print(f"{method:5s} {prompt:20s} IoU {truth['volume_iou']:.3f}  albedo err {truth['albedo_error']:.3f}",
-                  flush=True)
+            print(f"{method:5s} {prompt:20s} IoU {truth['volume_iou']:.3f}  albedo err {truth['albedo_error']:.3f}  "
+                  + surface_line(truth.get("surface")), flush=True)
     save_png(grid(pictures, labels, columns=len(args.methods)), OUT / "quality_grid.png")
     print("\nmethod  " + "  ".join(f"{p[2:]:>16s}" for p in args.objects) + "   mean IoU")
     for method in args.methods:
@@ -111,6 +115,40 @@ def mesh_quality(args) -> dict:
             print(f"{method:6s} {statistics.mean(r['field_iou'] for r in mine):14.3f} "
                   f"{min(r['field_iou'] for r in mine):6.3f} {statistics.mean(r['albedo_error'] for r in mine):15.3f} "
                   f"{statistics.mean(r['iou'] for r in mine):13.3f} {statistics.mean(r['tex_err'] for r in mine):12.3f}")
+    return rows
+
+
+SURFACE_HEADER = (f"{'acc':>7s} {'comp':>7s} {'F@0.01':>6s} {'normal':>6s} {'median':>6s} {'flat':>5s} "
+                  f"{'bottom off':>10s} {'std':>6s} {'z min':>6s} {'mesh IoU':>8s}")
+
+
+def surface_line(m: dict | None) -> str:
+    """One row of surface measures (backend.metrics.surface_metrics), under SURFACE_HEADER."""
+    if not m:
+        return "(no mesh)"
+    bottom = m["regions"]["bottom"]
+    flat = m.get("flat_share", m["within_5deg"])
+    return (f"{m['accuracy']:7.4f} {m['completeness']:7.4f} {m['fscore']:6.3f} {m['normal_error_mean']:6.2f} "
+            f"{m['normal_error_median']:6.2f} {flat:5.2f} {bottom.get('offset', float('nan')):10.4f} "
+            f"{bottom.get('offset_std', float('nan')):6.4f} {m['z_min']:6.3f} {m['volume_iou']:8.3f}")
+
+
+def surface(args) -> dict:
+    """The surface measures of exported meshes: each folder's mesh.glb against the object its run's
+    prompt names (report.json), or --prompt's."""
+    from backend.export.readback import load_asset
+    from backend.metrics import surface_metrics
+    from backend.priors.shapes_world import parse_prompt
+
+    rows = {}
+    print(f"{'folder':28s} {'level':>7s} " + SURFACE_HEADER)
+    for folder in map(Path, args.folders):
+        report = json.loads((folder / "report.json").read_text()) if (folder / "report.json").exists() else {}
+        prompt = args.prompt or report["settings"]["prompt"]
+        mesh = load_asset(folder / "mesh.glb")
+        rows[str(folder)] = m = surface_metrics(mesh.vertices, mesh.faces, parse_prompt(prompt)[0])
+        level = report.get("export", {}).get("threshold", float("nan"))
+        print(f"{folder.name[-28:]:28s} {level:7.2f} " + surface_line(m), flush=True)
     return rows
 
 
@@ -159,23 +197,30 @@ def guidance(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("speed", "quality", "mesh_quality", "diversity", "guidance", "all"), nargs="?",
-                        default="all")
+    parser.add_argument("what", choices=("speed", "quality", "mesh_quality", "diversity", "guidance", "surface", "all"),
+                        nargs="?", default="all")
     parser.add_argument("--steps", type=int, default=800, help="the draft preset's (and the demo's) 800 by default")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--objects", nargs="+", default=list(OBJECTS))
     parser.add_argument("--tile", type=int, default=256, help="pixels of each turntable shown in the grid (a view is 256)")
+    parser.add_argument("--folders", nargs="+", default=[], help="surface: run or export folders with a mesh.glb")
+    parser.add_argument("--prompt", help="surface: the object, when a folder has no report.json")
+    parser.add_argument("--elevation", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                        help="training cameras' elevation range in degrees (default: backend/cameras.py's)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when running two benches at once)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.elevation:   # an experiment: sample_cameras reads the range when it is called
+        import backend.cameras
+        backend.cameras.ELEVATION_RANGE_DEG = tuple(args.elevation)
     tune_allocator()
     OUT.mkdir(parents=True, exist_ok=True)
     results = {}
     suffix = "" if args.methods == list(METHODS) else "_" + "-".join(args.methods)
     for what, fn in (("speed", speed), ("quality", quality), ("mesh_quality", mesh_quality), ("diversity", diversity),
-                     ("guidance", guidance)):
-        if args.what in (what, "all"):
+                     ("guidance", guidance), ("surface", surface)):
+        if args.what == what or (args.what == "all" and what != "surface"):   # surface measures given folders
             results[what] = fn(args)
             (OUT / f"train_{what}{suffix}.json").write_text(json.dumps(results[what], indent=1, default=str))
 

@@ -64,14 +64,16 @@ if [[ $MODE == gpu ]]; then
     SD_ARGS=(--steps 8 --warmup 3 --graphs both --components)
     CLI_STEPS=150 DEMO_STEPS=${DEMO_STEPS:-300}
     FIELD_ARGS=(--samples 200000 --repeat 5)
-    CAPS=(100 120 60 70 35)
+    CAPS=(100 120 60 70 35 45)
+    TEXTURE_ARGS=(--steps 200 --resolution 256)
 else  # tiny shapes on the CPU: checks the script, its commands and the table, not speed
     export CUDA_VISIBLE_DEVICES=""
     DEVICE=cpu SIZE=tiny PRESET=tiny DEMO_PRESET=tiny
     SD_ARGS=(--steps 1 --warmup 1 --graphs both --components --resolution 16 --threads 1 --max-steps 100)
     CLI_STEPS=2 DEMO_STEPS=3
     FIELD_ARGS=(--samples 2000 --repeat 2 --no-compile --threads 1)
-    CAPS=(60 120 60 120 60)
+    CAPS=(60 120 60 120 60 90)
+    TEXTURE_ARGS=(--steps 3 --resolution 16 --texture-size 64)
 fi
 
 stage env 20 bash -c "nvidia-smi -L 2>/dev/null; $PY -c 'import torch, diffusers, transformers; \
@@ -88,6 +90,12 @@ $PY -m backend generate 'a DSLR photo of a hamburger' --prior '$WORK/sd' --offli
 --preset $PRESET --steps $CLI_STEPS --no-export --out '$WORK/cli'"
 stage bench_field "${CAPS[4]}" $PY bench/bench_field.py --device "$DEVICE" "${FIELD_ARGS[@]}" \
     --json "$WORK/bench_field.json"
+
+# texture mode (docs/selection.md) on the shapes prior's true cube: reported, no target yet
+stage texture "${CAPS[5]}" bash -c "$PY -c 'import sys; from backend.texture.truth import catalog_trimesh; \
+from backend.export.frames import to_gltf; m = catalog_trimesh(\"cube\"); m.vertices = to_gltf(m.vertices); \
+m.export(sys.argv[1])' '$WORK/cube.glb' && $PY -m backend texture '$WORK/cube.glb' 'a red cube' --fit none \
+--device $DEVICE --preset $DEMO_PRESET ${TEXTURE_ARGS[*]} --out '$WORK/texture'"
 
 echo "=== summary (${SECONDS}s in all)"
 $PY bench/gpu_summary.py "$WORK" "$OUT" 2>&1 | tee -a "$LOG"

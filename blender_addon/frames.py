@@ -15,3 +15,10 @@ def gltf_to_blender(points: np.ndarray) -> np.ndarray:
     winding, and with it which side faces out, is kept."""
     points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
     return np.stack([points[:, 0], -points[:, 2], points[:, 1]], axis=1)
+
+
+def blender_to_gltf(points: np.ndarray) -> np.ndarray:
+    """[N, 3] Blender points -> glTF points: (x, y, z) -> (x, z, -y), the inverse of `gltf_to_blender`
+    (what Blender's glTF exporter does with +Y up). The selection goes to the backend this way."""
+    points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    return np.stack([points[:, 0], points[:, 2], -points[:, 1]], axis=1)

@@ -35,6 +35,15 @@ def show_png(name: str, png: bytes, keep: bool = True) -> bpy.types.Image:
     return image
 
 
+def new_image(name: str, png: bytes) -> bpy.types.Image:
+    """A new image holding `png`, packed (saved with the .blend); Blender adds .001 etc. to a name in use,
+    so an earlier result's image is never overwritten."""
+    image = bpy.data.images.new(name, 8, 8)
+    image.pack(data=png, data_len=len(png))
+    image.source = "FILE"
+    return image
+
+
 def icon_id(name: str) -> int:
     """The icon of image `name` for `layout.template_icon` (0 while there is none)."""
     image = bpy.data.images.get(name) if name else None

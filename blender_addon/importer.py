@@ -24,8 +24,10 @@ class ImportFailed(Exception):
     """The mesh could not be imported; the message says why and what to do."""
 
 
-def import_glb(data: bytes, name: str, location, size: float) -> list[bpy.types.Object]:
-    """Import GLB bytes; returns the new mesh objects (the first one is the main mesh, now active)."""
+def import_glb(data: bytes, name: str, location, size: float, box=None) -> list[bpy.types.Object]:
+    """Import GLB bytes; returns the new mesh objects (the first one is the main mesh, now active).
+    `box` (matrix_world, low, high), for a shape grown from a selection: the mesh fills the box low..high
+    (object space) under that transform (placement.boxed) instead of standing `size` across on `location`."""
     if not hasattr(bpy.ops.import_scene, "gltf"):
         raise ImportFailed("Blender's glTF importer is off: enable \"Import-Export: glTF 2.0 format\" in "
                            "Preferences > Add-ons")
@@ -52,7 +54,10 @@ def import_glb(data: bytes, name: str, location, size: float) -> list[bpy.types.
     for obj in new:
         if obj not in meshes:  # the importer's empties (node hierarchy): nothing hangs on them now
             bpy.data.objects.remove(obj)
-    _fit(meshes, location, size)
+    if box is None:
+        _fit(meshes, location, size)
+    else:
+        _fit_box(meshes, *box)
     main = meshes[0]
     main.name = name
     main.data.name = name
@@ -78,6 +83,15 @@ def _fit(objects, location, size: float) -> None:
         obj.data.transform(matrix)
         obj.data.update()
         obj.location = Vector(location)
+
+
+def _fit_box(objects, matrix_world, low, high) -> None:
+    counts = [len(obj.data.vertices) for obj in objects]
+    points = placement.boxed(np.concatenate([_positions(obj.data) for obj in objects]), low, high)
+    for obj, part in zip(objects, np.split(points, np.cumsum(counts)[:-1])):
+        obj.data.vertices.foreach_set("co", part.ravel())
+        obj.data.update()
+        obj.matrix_world = Matrix(matrix_world)
 
 
 def _positions(mesh) -> np.ndarray:

@@ -14,7 +14,7 @@ import time
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
-from . import connection, launcher, prefs, props, sync
+from . import connection, launcher, prefs, props, selection, sync
 from .session import ACTIVE
 
 # A blocking call gives a backend that stopped answering this many client timeouts to come back
@@ -48,6 +48,10 @@ class DISTILL3D_OT_generate(bpy.types.Operator):
     size: FloatProperty(name="Size", min=0.001, unit="LENGTH", options={"SKIP_SAVE"},
                         description="Metres across the result's largest side")
     prior: StringProperty(name="Model", options={"SKIP_SAVE"})
+    source: EnumProperty(name="Source", items=selection.SOURCES, options={"SKIP_SAVE"},
+                         description="NEW, or TEXTURE_SELECTED / SHAPE_FROM_SELECTED: start from the active mesh")
+    texture_target: EnumProperty(name="Texture", items=selection.TEXTURE_TARGETS, options={"SKIP_SAVE"})
+    shape_strength: FloatProperty(name="Shape strength", min=0.0, options={"SKIP_SAVE"})
     extra: StringProperty(name="Extra", options={"SKIP_SAVE"},
                           description="More request settings as a JSON object, e.g. {\"lr\": 0.05}")
     wait: BoolProperty(name="Wait", default=False, options={"SKIP_SAVE"},
@@ -58,24 +62,49 @@ class DISTILL3D_OT_generate(bpy.types.Operator):
     def execute(self, context):
         overrides = {name: getattr(self, name) for name in
                      ("prompt", "negative", "method", "preset", "steps", "resolution", "seed", "variations",
-                      "preview_every", "mesh_resolution", "texture_size", "live_mesh", "prior", "extra")
+                      "preview_every", "mesh_resolution", "texture_size", "live_mesh", "prior", "extra", "source",
+                      "shape_strength")
                      if self.properties.is_property_set(name)}
+        settings = context.scene.distill3d
         try:
-            requests = props.requests(context.scene.distill3d, **overrides)
-        except props.BadSettings as error:
-            self.report({"ERROR"}, f"Distill3D: {error}")
-            return {"CANCELLED"}
-        if not requests[0]["prompt"]:
-            self.report({"ERROR"}, "The prompt is empty: type what to make, e.g. \"a red cube\"")
-            return {"CANCELLED"}
-        size = self.size if self.properties.is_property_set("size") else context.scene.distill3d.size
+            requests = props.requests(settings, **overrides)
+            if not requests[0]["prompt"]:
+                raise props.BadSettings("The prompt is empty: type what to make, e.g. \"a red cube\"")
+            chosen = self._selection(context, requests[0].get("source", "new"))
+        except (props.BadSettings, selection.SelectionError) as error:
+            return self._refuse(str(error))
+        size = self.size if self.properties.is_property_set("size") else settings.size
+        origin = _cursor(context)
+        submit = {}
+        if chosen is not None:  # the live mesh of a shape job grows where the selection is
+            origin, size = chosen.world_bottom_centre, chosen.world_size
+            names = ("texture.png",) + (() if chosen.has_uv else ("corner_uv.bin",))
+            submit = dict(mesh=chosen.mesh, selection=chosen,
+                          result_names=names if requests[0]["source"] == "texture" else ("mesh.glb",))
         session = sync.session()
         sync.start_timer()
         if not self.wait:
-            session.submit(requests, _cursor(context), size)
+            session.submit(requests, origin, size, **submit)
             self.report({"INFO"}, f"Distill3D: starting {len(requests)} job(s) for \"{requests[0]['prompt']}\"")
             return {"FINISHED"}
-        return self._run_blocking(session, requests, _cursor(context), size)
+        return self._run_blocking(session, requests, origin, size, submit)
+
+    def _selection(self, context, source: str):
+        """The selection to send for a texture or shape job (None for a new object)."""
+        if source == "new":
+            return None
+        chosen = selection.read(context)
+        target = (self.texture_target if self.properties.is_property_set("texture_target")
+                  else context.scene.distill3d.texture_target)
+        chosen.duplicate = target == "DUPLICATE"
+        return chosen
+
+    def _refuse(self, message: str):
+        """Say why nothing started, in the status bar and in the panel, where the user looks."""
+        self.report({"ERROR"}, f"Distill3D: {message}")
+        sync.session().last_error = message
+        sync.redraw()
+        return {"CANCELLED"}
 
     def invoke(self, context, event):
         result = self.execute(context)
@@ -83,10 +112,10 @@ class DISTILL3D_OT_generate(bpy.types.Operator):
             bpy.ops.distill3d.watch("INVOKE_DEFAULT")
         return result
 
-    def _run_blocking(self, session, requests, origin, size):
+    def _run_blocking(self, session, requests, origin, size, submit):
         answer: dict = {}
         session.submit(requests, origin, size,
-                       on_submitted=lambda jobs, error: answer.update(jobs=jobs, error=error))
+                       on_submitted=lambda jobs, error: answer.update(jobs=jobs, error=error), **submit)
         if not sync.run_until(lambda: answer, timeout_s=len(requests) * session.timeout_s + 5.0):
             self.report({"ERROR"}, f"Distill3D: no answer from {session.address}: start the backend")
             return {"CANCELLED"}

@@ -9,7 +9,7 @@ import textwrap
 
 import bpy
 
-from . import images, launcher, prefs, props, sync
+from . import images, launcher, prefs, props, selection, sync
 from .session import ACTIVE, HISTORY_ROWS, Job
 from .shared.version import __version__
 
@@ -95,6 +95,22 @@ def draw_job(layout, context, job: Job) -> None:
         _wrapped(col, context, job.import_error, icon="ERROR")
 
 
+def draw_source(layout, context, settings) -> str:
+    """The source choice and its settings; returns why the selection cannot be used ("" if it can),
+    shown right under the choice."""
+    layout.prop(settings, "source")
+    if settings.source == "NEW":
+        return ""
+    if settings.source == "TEXTURE_SELECTED":
+        layout.row().prop(settings, "texture_target", expand=True)
+    else:
+        layout.prop(settings, "shape_strength")
+    problem = selection.problem(context.view_layer.objects.active)
+    if problem:
+        _wrapped(layout.box().column(align=True), context, problem, icon="ERROR")
+    return problem
+
+
 class Distill3DPanel:
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
@@ -123,12 +139,13 @@ class DISTILL3D_PT_main(Distill3DPanel, bpy.types.Panel):
         row.prop(settings, "variations")
         row.prop(settings, "live_mesh", toggle=True, icon="MESH_ICOSPHERE")
         col.prop(settings, "size")
+        problem = draw_source(col, context, settings)
 
         active = session.active_jobs if session else []
         row = layout.row(align=True)
         row.scale_y = 1.4
         sub = row.row(align=True)
-        sub.enabled = bool(settings.prompt.strip())
+        sub.enabled = bool(settings.prompt.strip()) and not problem
         sub.operator("distill3d.generate", text="Generate", icon="PLAY")
         if active:
             row.operator("distill3d.cancel", text="Cancel", icon="X")
@@ -170,6 +187,7 @@ class DISTILL3D_PT_advanced(Distill3DPanel, bpy.types.Panel):
         col.prop(settings, "preview_every")
         col.prop(settings, "mesh_resolution")
         col.prop(settings, "texture_size")
+        layout.prop(settings, "normal_map")
         layout.prop(settings, "prior")
         layout.prop(settings, "extra")
         specific = [prop for prop, (_, methods) in props.METHOD_OPTIONS.items() if settings.method in methods]

@@ -35,3 +35,18 @@ def slot_location(origin, slot: int, size: float) -> tuple[float, float, float]:
     """Where variation `slot` stands: the first on `origin`, the next ones along +X."""
     x, y, z = (float(c) for c in origin)
     return (x + slot * size * (1.0 + ROW_GAP), y, z)
+
+
+def boxed(points: np.ndarray, low, high) -> np.ndarray:
+    """`points` moved and uniformly scaled so their bounding box has the centre of the box low..high
+    and its largest side: a shape result filling the selection it grew from (docs/selection.md). The
+    backend's `fit auto` centres and scales uniformly, so this undoes it whether or not the result
+    was scaled back already."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    if not len(points):
+        return points.astype(np.float32)
+    p_low, p_high = points.min(axis=0), points.max(axis=0)
+    extent = float((p_high - p_low).max())
+    scale = float((high - low).max()) / extent if extent > 0 else 1.0
+    return ((points - (p_low + p_high) / 2) * scale + (low + high) / 2).astype(np.float32)

@@ -12,6 +12,7 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
+from . import selection
 from .shared import schema
 from .shared.protocol import REQUEST_FIELDS
 
@@ -73,6 +74,14 @@ class Distill3DSettings(bpy.types.PropertyGroup):
     size: FloatProperty(name="Size", default=1.0, min=0.001, soft_max=100.0, unit="LENGTH",
                         description="The result's size in the scene: metres across its largest side, standing "
                                     "on the 3D cursor")
+    # Starting from the selection (selection.py, docs/selection.md)
+    source: EnumProperty(name="Source", items=selection.SOURCES, default="NEW",
+                         description="Make a new object, or start from the active mesh object")
+    texture_target: EnumProperty(name="Texture", items=selection.TEXTURE_TARGETS, default="OBJECT",
+                                 description="Where the baked texture goes")
+    shape_strength: FloatProperty(name="Shape strength", default=REQUEST_FIELDS["shape_strength"].default,
+                                  soft_max=10.0, **_limits("shape_strength"),
+                                  description=REQUEST_FIELDS["shape_strength"].help.capitalize())
 
     # Advanced: 0 / off = the preset's or method's value.
     steps: IntProperty(name="Steps", default=0, soft_max=20000, description="Optimisation steps (0: preset)",
@@ -92,6 +101,9 @@ class Distill3DSettings(bpy.types.PropertyGroup):
                                  description="Marching cubes grid size (0: preset)")
     texture_size: IntProperty(name="Texture size", default=0, min=0, max=int(REQUEST_FIELDS["texture_size"].high),
                               description="Baked texture size in pixels (0: preset)")
+    normal_map: BoolProperty(name="Normal map (low poly)", default=REQUEST_FIELDS["normal_map"].default,
+                             description=REQUEST_FIELDS["normal_map"].help[:1].upper()
+                             + REQUEST_FIELDS["normal_map"].help[1:])
     extra: StringProperty(name="Extra", default="",
                           description="More request settings as JSON, e.g. {\"lr\": 0.05} (names: shared/PROTOCOL.md)")
     # Method-specific options: added below from the schema (METHOD_OPTIONS).
@@ -128,11 +140,27 @@ def extra_settings(text: str) -> dict[str, Any]:
     return extra
 
 
+def _source_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """The request fields of a job that starts from the selection (none for a new object)."""
+    source = selection.REQUEST_SOURCE[values["source"]]
+    if source == "new":
+        return {}
+    if int(values["variations"]) > 1:
+        raise BadSettings("Variations make new objects only: set Variations to 1 to texture or reshape the "
+                          "selected object")
+    if source == "texture":  # the object itself is in the viewport: no live mesh on top of it
+        return {"source": source, "coarse_mesh_every": 0}
+    strength = float(values["shape_strength"])
+    default = REQUEST_FIELDS["shape_strength"].default
+    return {"source": source, **({"shape_strength": strength} if abs(strength - default) > 1e-6 else {})}
+
+
 def requests(settings: Distill3DSettings, **override: Any) -> list[dict[str, Any]]:
     """One job request per variation (seed, seed + 1, ...). `override` replaces panel values (scripts)."""
     values = {name: getattr(settings, name) for name in
               ("prompt", "negative", "method", "preset", "variations", "steps", "resolution", "seed", "prior",
-               "preview_every", "mesh_resolution", "texture_size", "live_mesh", "extra")}
+               "preview_every", "mesh_resolution", "texture_size", "live_mesh", "normal_map", "extra",
+               "source", "shape_strength")}
     values["cfg"] = settings.cfg if settings.use_cfg else None
     values.update({k: v for k, v in override.items() if v is not None})
     request: dict[str, Any] = {"prompt": values["prompt"].strip(), "method": values["method"],
@@ -146,6 +174,9 @@ def requests(settings: Distill3DSettings, **override: Any) -> list[dict[str, Any
             request[name] = int(values[name])
     if not values["live_mesh"]:
         request["coarse_mesh_every"] = 0
+    request.update(_source_settings(values))
+    if values["normal_map"]:
+        request["normal_map"] = True
     options = method_options(settings) if values["method"] == settings.method else {}
     if options:
         request["method_options"] = options

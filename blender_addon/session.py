@@ -52,6 +52,9 @@ class Job:
     image_name: str = ""       # Blender data made for this job (set by the Blender side)
     proxy_name: str = ""
     object_names: list[str] = field(default_factory=list)
+    source: str = "new"        # the request's source: "new", or "texture" / "shape" of the selection
+    selection: Any = None      # what the Blender side needs to put the result on the selection
+    result_names: tuple[str, ...] = ("mesh.glb",)  # the result files to fetch when done
 
     @property
     def finished(self) -> bool:
@@ -68,7 +71,7 @@ class Job:
 class Updates:
     previews: dict[str, dict[str, Any]] = field(default_factory=dict)  # job id -> latest preview event
     meshes: dict[str, dict[str, Any]] = field(default_factory=dict)  # job id -> latest mesh event
-    results: list[tuple[Job, bytes]] = field(default_factory=list)   # (job, mesh.glb) to import
+    results: list[tuple[Job, dict[str, bytes]]] = field(default_factory=list)  # (job, its result_names' bytes)
     thumbnails: dict[str, bytes] = field(default_factory=dict)       # job id -> preview.png of a history job
     changed: bool = False                                            # the panel needs a redraw
 
@@ -122,8 +125,11 @@ class Session:
         self._next_probe = 0.0
 
     def submit(self, requests: list[dict[str, Any]], origin=(0.0, 0.0, 0.0), size: float = 1.0,
-               on_submitted: Callable[[list[Job], str], None] | None = None) -> None:
-        """Start one job per request; variations submitted together are placed side by side.
+               on_submitted: Callable[[list[Job], str], None] | None = None, mesh: dict | None = None,
+               selection: Any = None, result_names: tuple[str, ...] = ("mesh.glb",)) -> None:
+        """Start one job per request; variations submitted together are placed side by side. `mesh`:
+        the selection's buffers (Client.submit), sent with each request; `selection` and `result_names`
+        are kept on the jobs for the Blender side.
 
         `on_submitted(jobs, error)` runs once all answers are in (error is "" when all went through).
         """
@@ -136,14 +142,16 @@ class Session:
                     errors.append(self._note_error(error, f"could not start \"{request.get('prompt', '')}\""))
                 else:
                     job = Job(job_id=job_id, prompt=request.get("prompt", ""), request=dict(request), slot=slot,
-                              variations=len(requests), origin=tuple(origin), size=size)
+                              variations=len(requests), origin=tuple(origin), size=size,
+                              source=request.get("source", "new"), selection=selection,
+                              result_names=tuple(result_names))
                     self.jobs[job_id] = job
                     answers.append(job)
                     self.last_error = ""  # an older error is stale once a job went through
                     self._changed()
                 if len(answers) + len(errors) == len(requests) and on_submitted is not None:
                     on_submitted(sorted(answers, key=lambda j: j.slot), "; ".join(errors))
-            self.worker.call(Client.submit, request, on_done=done)
+            self.worker.call(Client.submit, request, mesh, on_done=done)
 
         self._ensure_events()
         for i, request in enumerate(requests):
@@ -159,13 +167,15 @@ class Session:
         self.worker.call(Client.cancel, job_id, on_done=done)
 
     def reimport(self, status: dict[str, Any], origin=(0.0, 0.0, 0.0), size: float = 1.0) -> Job:
-        """Fetch and import the mesh of a finished job from the history."""
+        """Fetch and import the mesh of a finished job from the history, as a new object (a textured
+        selection's mesh.glb too: its geometry with the baked texture)."""
         job_id = status["job_id"]
         job = self.jobs.get(job_id)
         if job is None:
             job = Job(job_id=job_id, prompt=_prompt_of(status), request=dict(status.get("request") or {}))
             self.jobs[job_id] = job
         job.origin, job.size = tuple(origin), size
+        job.source, job.selection, job.result_names = "new", None, ("mesh.glb",)  # a new object at the cursor
         job.state, job.auto_import, job.imported, job.import_error = status.get("state", "done"), True, False, ""
         self._fetch_result(job)
         return job
@@ -300,18 +310,29 @@ class Session:
             self.worker.call(Client.fetch, job_id, PREVIEW_NAME, on_done=done)
 
     def _fetch_result(self, job: Job) -> None:
+        """Fetch the job's result_names, one request each; once all are in, they go to the Blender side."""
         if job.fetching or job.imported:
             return
         job.fetching = True
+        files: dict[str, bytes] = {}
 
-        def done(data: bytes | None, error: Exception | None) -> None:
-            job.fetching = False
-            if error is not None:
-                job.import_error = self._note_error(error, f"could not fetch the mesh of \"{job.prompt}\"")
-            else:
-                self._updates.results.append((job, data))
-            self._changed()
-        self.worker.call(Client.fetch, job.job_id, "mesh.glb", on_done=done)
+        def fetched(name: str):
+            def done(data: bytes | None, error: Exception | None) -> None:
+                if not job.fetching:  # an earlier file failed: the result is already given up
+                    return
+                if error is not None:
+                    job.fetching = False
+                    job.import_error = self._note_error(error, f"could not fetch {name} of \"{job.prompt}\"")
+                    self._changed()
+                    return
+                files[name] = data
+                if len(files) == len(job.result_names):
+                    job.fetching = False
+                    self._updates.results.append((job, files))
+                    self._changed()
+            return done
+        for name in job.result_names:
+            self.worker.call(Client.fetch, job.job_id, name, on_done=fetched(name))
 
     def _on_event(self, event: dict[str, Any]) -> None:
         job = self.jobs.get(event.get("job_id"))

@@ -12,7 +12,7 @@ from typing import Callable
 
 import bpy
 
-from . import images, importer, placement, prefs, proxy
+from . import images, importer, placement, prefs, proxy, selection
 from .naming import datablock_name, variation_suffix
 from .session import Job, Session, Updates
 
@@ -85,13 +85,25 @@ def _suffix(job: Job) -> str:
     return variation_suffix(job.variations, job.request.get("seed"))
 
 
-def _import(job: Job, data: bytes) -> None:
+def _import(job: Job, files: dict[str, bytes]) -> None:
+    """Put a finished job's result into the scene: a new object, a shape in the selection's place
+    (which is hidden), or the selection's new texture (selection.py)."""
     proxy.remove(job.proxy_name)
     job.proxy_name = ""
+    name = datablock_name(job.prompt, _suffix(job))
     try:
-        objects = importer.import_glb(data, datablock_name(job.prompt, _suffix(job)),
-                                      placement.slot_location(job.origin, job.slot, job.size), job.size)
-    except importer.ImportFailed as error:
+        if job.source == "texture" and job.selection is not None:
+            objects = [selection.apply_texture(job.selection, name, files["texture.png"], files.get("corner_uv.bin"),
+                                               duplicate=job.selection.duplicate)]
+        else:
+            box = None
+            if job.source == "shape" and job.selection is not None:
+                box = (job.selection.matrix_world, job.selection.low, job.selection.high)
+            objects = importer.import_glb(files["mesh.glb"], name,
+                                          placement.slot_location(job.origin, job.slot, job.size), job.size, box)
+            if box is not None:
+                selection.hide(job.selection.object_name)
+    except (importer.ImportFailed, selection.SelectionError) as error:
         job.import_error = str(error)
         return
     job.object_names = [obj.name for obj in objects]

@@ -21,7 +21,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from .keys import BadKey, read_keypair, read_public_key
 from .protocol import (DEFAULT_HOST, DEFAULT_PORT, FINAL_STATES, MAX_REPLY_BYTES, ProtocolError, decode_event,
-                       decode_header, event_address, event_topic, pack, split_reply_envelope, JOB_ID_PATTERN)
+                       decode_header, event_address, event_topic, pack, pack_mesh, split_reply_envelope, JOB_ID_PATTERN)
 
 
 class ClientError(Exception):
@@ -40,6 +40,9 @@ class VersionMismatch(ClientError):
     """Client and server speak different protocol versions; the message says which to update."""
 
 
+# A submit that carries a mesh waits this much longer per byte: the upload and the backend's check of
+# it take time in proportion (docs/blender.md measures a 1M-triangle mesh).
+UPLOAD_BYTES_PER_S = 10e6
 EVENT_QUEUE = 200  # events buffered in this process while nobody polls (~15 s of a job's events)
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
@@ -71,9 +74,23 @@ class Client:
     def info(self) -> dict:
         return self._call("info")[0]
 
-    def submit(self, request: dict) -> str:
-        """Queue a job; returns its id. `request`: GenerateConfig fields plus optional "preset"."""
-        return self._call("submit", request=request)[0]["job_id"]
+    def submit(self, request: dict, mesh: dict | None = None) -> str:
+        """Queue a job; returns its id. `request`: GenerateConfig fields plus optional "preset".
+        `mesh` (with source "texture" or "shape"): {"vertices": float32 [V, 3] glTF frame, "faces":
+        int32 [F, 3], optionally "corner_uv": float32 [3F, 2]} as little-endian buffers (bytes, array,
+        numpy arrays); shared/PROTOCOL.md "Sending a mesh"."""
+        if mesh is None:
+            return self._call("submit", request=request)[0]["job_id"]
+        unknown = sorted(set(mesh) - {"vertices", "faces", "corner_uv"})
+        if unknown or "vertices" not in mesh or "faces" not in mesh:
+            raise ClientError(f"mesh must have vertices, faces and optionally corner_uv, got {sorted(mesh)}", "mesh")
+        try:
+            header, frames = pack_mesh(mesh["vertices"], mesh["faces"], mesh.get("corner_uv"))
+        except ProtocolError as error:
+            raise ClientError(error.message, error.field, error.code) from None
+        size = sum(memoryview(frame).nbytes for frame in frames)
+        return self._call("submit", request=request, mesh=header, _frames=frames,
+                          _timeout_s=self.timeout_s + size / UPLOAD_BYTES_PER_S)[0]["job_id"]
 
     def cancel(self, job_id: str) -> dict:
         return self._call("cancel", job_id=job_id)[0]
@@ -234,13 +251,14 @@ class Client:
                                  "start it (python3 build.py serve, or Start backend in the add-on panel) and "
                                  "check the address and port", None, "unreachable")
 
-    def _call(self, cmd: str, **args: Any) -> tuple[Any, list[bytes]]:
+    def _call(self, cmd: str, _frames: list = (), _timeout_s: float | None = None,
+              **args: Any) -> tuple[Any, list[bytes]]:
         sock = self._command_socket()
         request_id, self._next_id = self._next_id, self._next_id + 1
-        deadline = time.monotonic() + self.timeout_s
+        deadline = time.monotonic() + (_timeout_s or self.timeout_s)
         left = lambda: max(0, int((deadline - time.monotonic()) * 1000))  # noqa: E731
         try:
-            message = pack({"id": request_id, "cmd": cmd, **args})
+            message = pack({"id": request_id, "cmd": cmd, **args}, *_frames)
         except (TypeError, ValueError) as error:
             raise ClientError(f"the {cmd} arguments cannot be sent as JSON ({error})", "request") from None
         try:

@@ -5,8 +5,8 @@ import socket
 
 
 def free_port_pair(host: str = "127.0.0.1", tries: int = 100) -> int:
-    """A port P such that P and P + 1 are both free on `host` right now (tests, benchmarks, and the
-    add-on's "Start backend" may race other programs for them, so use it promptly)."""
+    """A port P such that P and P + 1 are both free on `host` right now (tests and benchmarks may race
+    other programs for them, so use it promptly)."""
     for _ in range(tries):
         with socket.socket() as a, socket.socket() as b:
             a.bind((host, 0))

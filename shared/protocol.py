@@ -17,19 +17,21 @@ import math
 import re
 from typing import Any
 
-from .schema import (DEFAULT_METHOD, DEFAULT_PRESET, METHODS, PRESETS, Field, SettingError, check_method_options, show,
-                     show_number)
+from .schema import (DEFAULT_METHOD, DEFAULT_PRESET, PRESETS, RUN_FIELDS, Field, SettingError, check_method_options,
+                     show, show_number)
 from .schema import check_value as check_setting
 from .version import PROTOCOL_VERSION, __version__
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5555                # commands; events are published on DEFAULT_PORT + 1
 
-# Size limits. A request never carries binary data, so 1 MiB is generous; a larger one gets an error
-# reply. Beyond HARD_FRAME_LIMIT ZeroMQ itself drops the connection before the message is buffered.
+# Size limits. A request's header carries settings only, so 1 MiB is generous; a larger one gets an
+# error reply. The only binary frames a request may carry are a submit's mesh (below). Beyond
+# HARD_FRAME_LIMIT ZeroMQ itself drops the connection before the frame is buffered: it must hold the
+# largest mesh frame (the corner UVs of MAX_MESH_FACES triangles, 24 MB).
 MAX_REQUEST_BYTES = 1 << 20
-MAX_REQUEST_FRAMES = 4
-HARD_FRAME_LIMIT = 16 << 20
+MAX_REQUEST_FRAMES = 4             # the header and a mesh's three buffers
+HARD_FRAME_LIMIT = 32 << 20
 MAX_REPLY_BYTES = 512 << 20        # the largest result file a client accepts (a 8192^2 texture fits)
 MAX_HEADER_BYTES = 1 << 20
 
@@ -56,57 +58,13 @@ class ProtocolError(SettingError):
 
 
 # ------------------------------------------------------------------------------------------------
-# The job request: what a client may set. Defaults and ranges mirror backend/config.py GenerateConfig
-# (tests/test_protocol.py checks that they agree); a request that leaves a field out gets the value
-# of its preset (shared/schema.py PRESETS), then the GenerateConfig default. The methods, their
-# options and the presets are shared/schema.py's.
-
-_N = 1_000_000  # upper bound for step counts
+# The job request: a preset plus the run settings of shared/schema.py RUN_FIELDS that travel on the wire.
+# A request that leaves a field out gets the value of its preset (shared/schema.py PRESETS), then the
+# field's default.
 
 REQUEST_FIELDS: dict[str, Field] = {
     "preset": Field("str", DEFAULT_PRESET, choices=tuple(PRESETS), help="quality preset; other fields override it"),
-    "prompt": Field("str", None, required=True, max_length=1000, help="what to generate"),
-    "method": Field("str", DEFAULT_METHOD, choices=tuple(METHODS), help="distillation method"),
-    "prior": Field("str", "shapes", max_length=512, pattern=r"[^\x00-\x1f]+",
-                   help='"shapes" (built-in exact prior) or a diffusers model id / folder'),
-    "negative": Field("str", None, nullable=True, max_length=1000, help="negative prompt; null: method default"),
-    "steps": Field("int", 800, 1, _N, help="optimisation steps"),
-    "resolution": Field("int", 64, 8, 1024, help="render height = width, pixels"),
-    "cfg": Field("float", None, -1000.0, 1000.0, nullable=True, help="guidance scale; null: the prior's default (1 for shapes), else the method's"),
-    "seed": Field("int", 0, 0, 2**63 - 1),
-    "method_options": Field("options", {}, help="the method's options, name -> value (shared/schema.py METHODS)"),
-    "device": Field("str", "auto", pattern=r"auto|cpu|cuda(:[0-9]{1,2})?", help="auto, cpu, cuda or cuda:N"),
-    "view_dependent": Field("bool", True, help='append "front view" etc. to the prompt'),
-    "offline": Field("bool", False, help="never touch the network when loading a model"),
-    "prior_options": Field("options", {}, help="Stable Diffusion options: perp_neg, latent_mode, attention_slicing, "
-                                                "vae_tiling, cpu_offload, cuda_graphs, vae_channels_last"),
-    "lr": Field("float", 0.01, 1e-8, 10.0),
-    "background_lr": Field("float", 0.001, 0.0, 10.0),
-    "batch_size": Field("int", 1, 1, 64),
-    "lambda_orientation": Field("float", 10.0, 0.0, 1e6),
-    "lambda_orientation_end": Field("float", 1000.0, 0.0, 1e6),
-    "orientation_ramp_steps": Field("int", 5000, 0, _N),
-    "lambda_sparsity": Field("float", 0.0, 0.0, 1e6),
-    "albedo_steps": Field("int", None, 0, _N, nullable=True, help="null: 20% of the steps"),
-    "textureless_prob": Field("float", 0.5, 0.0, 1.0),
-    "random_background_prob": Field("float", 0.5, 0.0, 1.0, help="chance of a random solid background in a step"),
-    "max_samples_per_ray": Field("int", 512, 8, 4096),
-    "occupancy_resolution": Field("int", 32, 8, 256),
-    "occupancy_every": Field("int", 16, 1, _N),
-    "hash_levels": Field("int", 16, 1, 32),
-    "hash_log2_table": Field("int", 19, 10, 24),
-    "hash_levels_start": Field("int", 8, 1, 32),
-    "hash_levels_every": Field("int", None, 1, _N, nullable=True, help="null: scaled from the steps"),
-    "hash_levels_after": Field("int", None, 0, _N, nullable=True, help="null: scaled from the steps"),
-    "preview_every": Field("int", 50, 0, _N, help="steps between previews; 0: none"),
-    "checkpoint_every": Field("int", 200, 0, _N, help="steps between checkpoints; 0: none"),
-    "coarse_mesh_every": Field("int", 0, 0, _N, help="steps between live meshes; left out: the server's"),
-    "export_mesh": Field("bool", True),
-    "mesh_resolution": Field("int", 256, 16, 512, help="marching-cubes grid per side"),
-    "texture_size": Field("int", 1024, 16, 8192),
-    "face_budget": Field("int", 50_000, 100, 10_000_000),
-    "mesh_threshold": Field("float", 25.0, 0.0, 1e6, help="density level of the exported surface"),
-    "mesh_smooth": Field("bool", True, help="light Taubin smoothing: fewer UV charts and seams"),
+    **{name: spec for name, spec in RUN_FIELDS.items() if spec.wire},
 }
 
 _OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -138,19 +96,19 @@ def _check_options(name: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def validate_request(request: Any) -> dict[str, Any]:
-    """A job request checked against REQUEST_FIELDS: the fields it sets, normalised. Raises
-    ProtocolError naming the first bad field."""
+def validate_request(request: Any, fields: dict[str, Field] = REQUEST_FIELDS) -> dict[str, Any]:
+    """A job request checked against `fields` (the wire's REQUEST_FIELDS, or shared/schema.py RUN_FIELDS
+    for a local run): the fields it sets, normalised. Raises ProtocolError naming the first bad field."""
     if not isinstance(request, dict):
         raise ProtocolError("request must be a mapping of setting name to value", "request")
-    unknown = sorted(str(key) for key in request if key not in REQUEST_FIELDS)
+    unknown = sorted(str(key) for key in request if key not in fields)
     if unknown:
         raise ProtocolError(f"unknown setting {show(unknown[0])}: known settings are "
-                            f"{', '.join(REQUEST_FIELDS)}", unknown[0])
-    for name, spec in REQUEST_FIELDS.items():
+                            f"{', '.join(fields)}", unknown[0])
+    for name, spec in fields.items():
         if spec.required and name not in request:
             raise ProtocolError(f"the request has no {name}: give one, e.g. \"a red cube\"", name)
-    checked = {name: check_value(name, REQUEST_FIELDS[name], value) for name, value in request.items()}
+    checked = {name: check_value(name, fields[name], value) for name, value in request.items()}
     if checked.get("method_options"):  # the method's own names, types and ranges (shared/schema.py)
         try:
             checked["method_options"] = check_method_options(checked.get("method", DEFAULT_METHOD),
@@ -206,9 +164,108 @@ def _request(name: str, value: Any) -> dict[str, Any]:
     return validate_request(value)
 
 
+# ------------------------------------------------------------------------------------------------
+# A mesh sent with submit (source "texture" or "shape"; shared/PROTOCOL.md "Sending a mesh"). The
+# header's "mesh" argument gives the counts; the binary frames follow the header in MESH_FRAMES order,
+# little-endian: vertices float32 [V, 3] in glTF's frame (+Y up, docs/frames.md), faces int32 [F, 3]
+# (triangles, counter-clockwise seen from outside), and, when "corner_uv" is true, float32 [3F, 2]
+# glTF texture coordinates (v down from the image's top row) for each corner of each triangle in
+# order. Only the lengths are checked here (no numpy in shared/); the backend checks the values.
+
+MAX_MESH_FACES = 1_000_000
+MAX_MESH_VERTICES = 2_000_000
+MESH_FRAMES = ("vertices", "faces", "corner_uv")
+MESH_ITEM_BYTES = {"vertices": 12, "faces": 12, "corner_uv": 24}  # per vertex, per face, per face
+MAX_MESH_BYTES = 12 * MAX_MESH_VERTICES + 36 * MAX_MESH_FACES
+_MESH_KEYS = ("vertex_count", "face_count", "corner_uv")
+_FIX_SIZE = "decimate it (a Decimate modifier) or send a lower-poly version"
+
+
+def _mesh(name: str, value: Any) -> dict[str, Any]:
+    """The "mesh" argument of submit: {"vertex_count": V, "face_count": F, "corner_uv": bool}."""
+    if not isinstance(value, dict) or sorted(value) != sorted(_MESH_KEYS):
+        raise ProtocolError(f"{name} must be {{\"vertex_count\": V, \"face_count\": F, \"corner_uv\": true|false}}, "
+                            f"got {show(value)}", name)
+    counts = [value["vertex_count"], value["face_count"]]
+    if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts) \
+            or not isinstance(value["corner_uv"], bool):
+        raise ProtocolError(f"{name} counts must be whole numbers and corner_uv true or false, got {show(value)}", name)
+    if not all(counts):
+        raise ProtocolError("the mesh is empty (no vertices or no faces): select an object with faces", name)
+    if value["face_count"] > MAX_MESH_FACES:
+        raise ProtocolError(f"the mesh has {value['face_count']:,} triangles, more than the {MAX_MESH_FACES:,} "
+                            f"the backend takes: {_FIX_SIZE}", name, "too_large")
+    if value["vertex_count"] > MAX_MESH_VERTICES:
+        raise ProtocolError(f"the mesh has {value['vertex_count']:,} vertices, more than the {MAX_MESH_VERTICES:,} "
+                            f"the backend takes: merge by distance, {_FIX_SIZE}", name, "too_large")
+    return dict(value)
+
+
+def _check_submit(args: dict[str, Any]) -> None:
+    """A source other than "new" needs a mesh, and a mesh needs such a source."""
+    source = args["request"].get("source", REQUEST_FIELDS["source"].default)
+    if source != "new" and "mesh" not in args:
+        raise ProtocolError(f"source \"{source}\" needs the mesh it starts from, and the submit carries none: send "
+                            "it with the request (Client.submit(request, mesh=...)), or use source \"new\"", "mesh")
+    if source == "new" and "mesh" in args:
+        raise ProtocolError("the submit carries a mesh but its source is \"new\": set source to \"texture\" or "
+                            "\"shape\", or send no mesh", "source")
+
+
+def _byte_length(buffer: Any, name: str) -> int:
+    try:
+        return memoryview(buffer).nbytes
+    except TypeError:
+        raise ProtocolError(f"mesh {name} must be a bytes-like buffer (bytes, array.array, a numpy array), "
+                            f"got {type(buffer).__name__}", name) from None
+
+
+def pack_mesh(vertices: Any, faces: Any, corner_uv: Any = None) -> tuple[dict[str, Any], list[Any]]:
+    """(submit's "mesh" argument, its binary frames) from little-endian buffers in the layout above;
+    ProtocolError when a buffer's length does not fit the layout or a cap."""
+    sizes = {"vertices": _byte_length(vertices, "vertices"), "faces": _byte_length(faces, "faces")}
+    if corner_uv is not None:
+        sizes["corner_uv"] = _byte_length(corner_uv, "corner_uv")
+    for name in ("vertices", "faces"):
+        if sizes[name] % MESH_ITEM_BYTES[name]:
+            raise ProtocolError(f"mesh {name} must be 3 x 4-byte numbers per item, got {sizes[name]} bytes", name)
+    header = {"vertex_count": sizes["vertices"] // 12, "face_count": sizes["faces"] // 12,
+              "corner_uv": corner_uv is not None}
+    _mesh("mesh", header)
+    if corner_uv is not None and sizes["corner_uv"] != 24 * header["face_count"]:
+        raise ProtocolError(f"the UV layer has {sizes['corner_uv'] // 8} corners but the mesh has "
+                            f"{3 * header['face_count']} triangle corners: send one UV per corner", "corner_uv")
+    frames = [vertices, faces] + ([corner_uv] if corner_uv is not None else [])
+    return header, frames
+
+
+def decode_mesh(mesh: dict[str, Any] | None, frames: list[bytes]) -> dict[str, bytes] | None:
+    """The binary frames of a submit whose "mesh" argument (already checked) is `mesh`: name -> bytes,
+    each of the length its count says; None for a submit without a mesh (which must carry no frames)."""
+    if mesh is None:
+        if frames:
+            raise ProtocolError(f"the submit carries {len(frames)} binary frames but no mesh argument: binary "
+                                "frames are a mesh's buffers, announced by \"mesh\"", "mesh")
+        return None
+    names = MESH_FRAMES if mesh["corner_uv"] else MESH_FRAMES[:2]
+    if len(frames) != len(names):
+        raise ProtocolError(f"the mesh argument announces {len(names)} binary frames ({', '.join(names)}), the "
+                            f"submit carries {len(frames)}", "mesh")
+    counts = {"vertices": mesh["vertex_count"], "faces": mesh["face_count"], "corner_uv": mesh["face_count"]}
+    decoded = {}
+    for name, frame in zip(names, frames):
+        expected = counts[name] * MESH_ITEM_BYTES[name]
+        if len(frame) != expected:
+            raise ProtocolError(f"the mesh's {name} frame is {len(frame)} bytes but its counts make {expected}: "
+                                "send little-endian float32 vertices [V,3], int32 faces [F,3] and float32 corner "
+                                "UVs [3F,2]", name)
+        decoded[name] = bytes(frame)
+    return decoded
+
+
 COMMANDS: dict[str, dict[str, tuple[Any, bool]]] = {
     "info": {},
-    "submit": {"request": (_request, True)},
+    "submit": {"request": (_request, True), "mesh": (_mesh, False)},
     "cancel": {"job_id": (_job_id, True)},
     "status": {"job_id": (_job_id, True)},
     "jobs": {"limit": (_limit, False)},
@@ -237,6 +294,8 @@ def validate_command(header: dict[str, Any]) -> tuple[str, dict[str, Any]]:
             args[name] = check(name, header[name])
         elif required:
             raise ProtocolError(f"{cmd} needs the argument {name}", name)
+    if cmd == "submit":
+        _check_submit(args)
     return cmd, args
 
 

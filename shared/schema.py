@@ -38,6 +38,7 @@ class Field:
     nullable: bool = False             # None is allowed (it means "the method's / automatic default")
     required: bool = False
     max_length: int = 256
+    wire: bool = True                  # run settings only: False for local paths a client may not send
     help: str = ""
 
 
@@ -188,6 +189,108 @@ def method_defaults(method: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------
+# Prior options: what a run may set on a Stable Diffusion prior (the run setting prior_options). The
+# built-in shapes prior takes none. backend/priors/stable_diffusion.py takes its defaults from here.
+
+SD_OPTIONS: dict[str, Field] = {
+    "perp_neg": Field("bool", False, help="Perp-Neg view guidance (needs view_dependent)"),
+    "latent_mode": Field("str", "vae", choices=("vae", "rgb"),
+                         help="vae: VAE-encoded 512 px renders (exact); rgb: the render resized to the latent size "
+                              "(cheap)"),
+    "attention_slicing": Field("bool", False, help="less memory for the UNet's attention, slower"),
+    "vae_tiling": Field("bool", False, help="encode the render in tiles: less memory, slower"),
+    "cpu_offload": Field("bool", False, help="keep the text encoder on the CPU"),
+    "cuda_graphs": Field("bool", True, help="replay the UNet and VAE calls from CUDA graphs on a GPU"),
+    "vae_channels_last": Field("bool", False, help="run the VAE encoder channels-last"),
+}
+
+
+def check_prior_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Stable Diffusion `options` checked against SD_OPTIONS, or SettingError naming the first bad one."""
+    unknown = sorted(str(key) for key in options if key not in SD_OPTIONS)
+    if unknown:
+        raise SettingError(f"unknown prior option(s) {', '.join(unknown)}: Stable Diffusion takes "
+                           f"{', '.join(SD_OPTIONS)}", f"prior_options.{unknown[0]}")
+    checked = {}
+    for key, value in options.items():
+        try:
+            checked[key] = check_value(f"prior option {key}", SD_OPTIONS[key], value)
+        except SettingError as error:
+            raise SettingError(error.message, f"prior_options.{key}") from None
+    return checked
+
+
+# ------------------------------------------------------------------------------------------------
+# Run settings: everything one run (a `generate` job) can set. backend/config.py GenerateConfig is built
+# from this table, the protocol's request fields are the ones with wire=True, and the CLI, the panel and
+# shared/PROTOCOL.md read it. None defaults (nullable) are filled in by GenerateConfig.resolved() or mean
+# "automatic", as each help says.
+
+_N = 1_000_000  # upper bound for step counts
+SHAPES_PRIOR = "shapes"  # the built-in exact prior's name (backend/priors/shapes.py)
+
+RUN_FIELDS: dict[str, Field] = {
+    "prompt": Field("str", None, required=True, max_length=1000, help="what to generate"),
+    "method": Field("str", DEFAULT_METHOD, choices=tuple(METHODS), help="distillation method"),
+    "prior": Field("str", SHAPES_PRIOR, max_length=512, pattern=r"[^\x00-\x1f]+",
+                   help=f'"{SHAPES_PRIOR}" (built-in exact prior) or a diffusers model id / folder'),
+    "negative": Field("str", None, nullable=True, max_length=1000, help="negative prompt; null: method default"),
+    "steps": Field("int", 800, 1, _N, help="optimisation steps"),
+    "resolution": Field("int", 64, 8, 1024, help="render height = width, pixels"),
+    "cfg": Field("float", None, -1000.0, 1000.0, nullable=True,
+                 help="guidance scale; null: the prior's default (1 for shapes), else the method's"),
+    "seed": Field("int", 0, 0, 2**63 - 1),
+    "method_options": Field("options", {}, help="the method's options, name -> value (shared/schema.py METHODS)"),
+    "device": Field("str", "auto", pattern=r"auto|cpu|cuda(:[0-9]{1,2})?", help="auto, cpu, cuda or cuda:N"),
+    "view_dependent": Field("bool", True, help='append "front view" etc. to the prompt'),
+    "offline": Field("bool", False, help="never touch the network when loading a model"),
+    "prior_options": Field("options", {}, help=f"Stable Diffusion options: {', '.join(SD_OPTIONS)}"),
+    "lr": Field("float", 0.01, 1e-8, 10.0, help="Adam learning rate of the field (docs/methods.md, the NeRF side)"),
+    "background_lr": Field("float", 0.001, 0.0, 10.0, help="Adam learning rate of the background"),
+    "batch_size": Field("int", 1, 1, 64, help="views rendered per step"),
+    "lambda_orientation": Field("float", 10.0, 0.0, 1e6,
+                                help="orientation loss weight, ramped to lambda_orientation_end over orientation_ramp_steps"),
+    "lambda_orientation_end": Field("float", 1000.0, 0.0, 1e6),
+    "orientation_ramp_steps": Field("int", 5000, 0, _N),
+    "lambda_sparsity": Field("float", 0.0, 0.0, 1e6),
+    "albedo_steps": Field("int", None, 0, _N, nullable=True,
+                          help="albedo-only shading for the first steps; null: 20% of the steps"),
+    "textureless_prob": Field("float", 0.5, 0.0, 1.0),
+    "random_background_prob": Field("float", 0.5, 0.0, 1.0, help="chance of a random solid background in a step"),
+    "max_samples_per_ray": Field("int", 512, 8, 4096),
+    "occupancy_resolution": Field("int", 32, 8, 256),
+    "occupancy_every": Field("int", 16, 1, _N),
+    "hash_levels": Field("int", 16, 1, 32),
+    "hash_log2_table": Field("int", 19, 10, 24),
+    "hash_levels_start": Field("int", 8, 1, 32, help="progressive levels: active at first, more as training goes"),
+    "hash_levels_every": Field("int", None, 1, _N, nullable=True,
+                               help="steps between level switch-ons; null: scaled from threestudio's 500 of 10000"),
+    "hash_levels_after": Field("int", None, 0, _N, nullable=True,
+                               help="first level switch-on; null: scaled from threestudio's 2000 of 10000"),
+    "preview_every": Field("int", 50, 0, _N, help="steps between previews; 0: none"),
+    "checkpoint_every": Field("int", 200, 0, _N, help="steps between checkpoints; 0: none"),
+    "coarse_mesh_every": Field("int", 0, 0, _N, help="steps between live meshes; 0: off; left out: the server's"),
+    "export_mesh": Field("bool", True, help="export the textured mesh at the end"),
+    "mesh_resolution": Field("int", 256, 16, 512, help="marching-cubes grid per side"),
+    "texture_size": Field("int", 1024, 16, 8192),
+    "face_budget": Field("int", 50_000, 100, 10_000_000),
+    "mesh_threshold": Field("float", None, 0.0, 1e6, nullable=True,
+                            help="density level of the exported surface; null: chosen from the field's renders"),
+    "mesh_smooth": Field("bool", True, help="light Taubin smoothing: fewer UV charts and seams"),
+    "normal_map": Field("bool", False, help="bake the full surface's normals into a tangent-space normal map "
+                                             "for the decimated mesh (game-ready low poly)"),
+    "source": Field("str", "new", choices=("new", "texture", "shape"),
+                    help="new: from nothing; texture: paint the given mesh; shape: grow from the given mesh"),
+    "fit": Field("str", "auto", choices=("auto", "none"),
+                 help="auto: centre and scale the given mesh to the cameras' box; none: keep its coordinates"),
+    "shape_strength": Field("float", 1.0, 0.0, 1e4, help="weight of the shape guide loss (source shape)"),
+    "shape_decay_steps": Field("int", None, 0, _N, nullable=True,
+                               help="steps over which the shape guide fades to 0; null: the whole run"),
+    "source_mesh": Field("str", None, nullable=True, max_length=4096, wire=False,
+                         help="the mesh file (.glb/.obj) of source texture/shape; the server stores uploads here"),
+}
+
+# ------------------------------------------------------------------------------------------------
 # Quality presets: values for the run settings (shared/protocol.py REQUEST_FIELDS names); a setting a
 # preset leaves out takes its default there.
 
@@ -201,16 +304,15 @@ class Preset:
 
 # The CPU-sized presets use a 2^16 hash table (the simple shapes need no more, and Adam over the full
 # 2^19 x 16 levels table would dominate a CPU step) and march about one step per pixel footprint (128
-# samples across the cube's diagonal at 64x64) instead of 512. Their short runs leave densities around
-# 10, so the surface is taken at 5 rather than threestudio's 25.
+# samples across the cube's diagonal at 64x64) instead of 512.
 PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", "Tiny", "Seconds on a CPU: checks that everything works, the shape is rough",
                    dict(steps=40, resolution=32, mesh_resolution=64, texture_size=128, occupancy_resolution=16,
                         hash_log2_table=14, hash_levels=8, hash_levels_start=4, max_samples_per_ray=64,
-                        mesh_threshold=5.0, face_budget=5000)),
+                        face_budget=5000)),
     "draft": Preset("draft", "Draft", "A first look, sized for a CPU: 800 steps at 64 px, 128^3 mesh",
                     dict(steps=800, resolution=64, mesh_resolution=128, texture_size=512, hash_log2_table=16,
-                         max_samples_per_ray=128, mesh_threshold=5.0)),
+                         max_samples_per_ray=128)),
     "standard": Preset("standard", "Standard", "3000 steps, 256^3 mesh, 1024 px texture",
                        dict(steps=3000, resolution=64, mesh_resolution=256, texture_size=1024)),
     "high": Preset("high", "High", "10000 steps at 128 px, 2048 px texture: best quality, needs a GPU",

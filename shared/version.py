@@ -3,4 +3,4 @@ message changes incompatibly; both sides refuse a different number with a messag
 to update."""
 
 __version__ = "0.1.0"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: submit may carry a mesh (source "texture" or "shape")

@@ -140,6 +140,39 @@ def test_bad_requests_get_errors_naming_the_field(backend):
 
 
 
+def test_a_mesh_travels_with_its_submit_into_the_job_folder_and_a_restarted_server_resumes_with_it(tmp_path):
+    # The training is a stand-in (tests/selection_fakes.py): this is about the upload, the job folder and
+    # the restart, which the real texture loop does not change.
+    from tests.selection_fakes import fake_selection_train
+
+    vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], "<f4")
+    faces = np.array([[0, 1, 2], [0, 3, 1], [0, 2, 3], [1, 3, 2]], "<i4")
+    uv = np.linspace(0, 1, 24, dtype="<f4").reshape(12, 2)
+    request = {"prompt": "a red cube", "source": "texture", "steps": 200}
+    with running_server(tmp_path, train_fn=fake_selection_train) as server, client_for(server) as client:
+        with pytest.raises(ClientError) as error:  # a texture job without its mesh names the fix
+            client.submit(request)
+        assert error.value.field == "mesh" and "Client.submit(request, mesh=...)" in error.value.message
+        bad = vertices.copy()
+        bad[1, 2] = np.inf
+        with pytest.raises(ClientError, match="NaN or infinite") as error:  # backend.texture.mesh_input's check
+            client.submit(request, mesh={"vertices": bad, "faces": faces})
+        assert error.value.field == "mesh"
+        with pytest.raises(ClientError, match="index vertex 9"):
+            client.submit(request, mesh={"vertices": vertices, "faces": faces + np.array([0, 0, 6], "<i4")})
+        job = client.submit(request, mesh={"vertices": vertices, "faces": faces, "corner_uv": uv})
+        wait_state(client, job, ("running",), 60)
+        assert client.status(job)["config"]["source_mesh"] == "source_mesh.npz"
+    with np.load(tmp_path / "jobs" / job / "source_mesh.npz") as stored:  # exactly what was sent
+        assert all(stored[name].tobytes() == sent.tobytes() and stored[name].dtype == sent.dtype
+                   for name, sent in (("vertices_gltf", vertices), ("faces", faces), ("corner_uv", uv)))
+    with running_server(tmp_path, train_fn=fake_selection_train) as server, client_for(server) as client:
+        status = wait_state(client, job, ("done", "failed"), 60)
+        assert status["state"] == "done", status["message"]
+        assert np.frombuffer(client.fetch(job, "corner_uv.bin"), "<f4").tobytes() == uv.tobytes()
+        assert json.loads(client.fetch(job, "report.json"))["face_count"] == 4
+
+
 def test_an_absent_server_times_out_clearly_and_a_request_from_then_is_never_delivered(tmp_path):
     port = free_port_pair()
     client = Client(f"tcp://127.0.0.1:{port}", timeout_s=0.5)

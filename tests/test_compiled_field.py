@@ -6,7 +6,8 @@ import torch
 
 from backend.nerf import NeRFSettings
 from backend.nerf.compiled import CompiledHashGrid, compiled_usable
-from backend.nerf.encoding import TorchHashGrid, make_encoding
+from backend.nerf.encoding import TorchHashGrid
+from backend.nerf.hash_encoding import make_encoding
 from backend.nerf.field import Field
 from backend.nerf.heads import FusedHeads
 

@@ -73,7 +73,7 @@ def exported(tmp_path_factory):
     out = {}
     for name in SHAPES:
         field = SDFField(world.SHAPES[name], shape=name)
-        out[name] = field, export_mesh(field, tmp_path_factory.mktemp(name), resolution=80,
+        out[name] = field, export_mesh(field, tmp_path_factory.mktemp(name), threshold=25.0, resolution=80,
                                        face_budget=6000, texture_size=256)
     return out
 
@@ -133,7 +133,8 @@ def test_texture_shows_the_albedo_a_camera_sees_not_the_one_at_the_isosurface(tm
             outside = (self.sdf(points) > 0).float()[:, None]
             red, blue = torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.1, 0.1, 0.9])
             return red + (blue - red) * outside
-    result = export_mesh(Skin(world.sdf_sphere), tmp_path, resolution=48, face_budget=3000, texture_size=128)
+    result = export_mesh(Skin(world.sdf_sphere), tmp_path, threshold=25.0, resolution=48, face_budget=3000,
+                         texture_size=128)
     mesh = load_asset(result.paths["mesh.glb"])
     ids, bary = random_surface_samples(mesh.faces, 2000)
     error = np.abs(texture_color(mesh, ids, bary) - np.array([0.9, 0.1, 0.1])).max(axis=1)
@@ -163,7 +164,7 @@ def test_obj_triple_loads_in_trimesh_and_matches_the_glb(exported):
     assert "map_Kd texture.png" in result.paths["mesh.mtl"].read_text()
 
 
-@pytest.mark.parametrize("scale, threshold, advice", [(0.0, None, "train longer"), (20.0, None, "lower --threshold"),
+@pytest.mark.parametrize("scale, threshold, advice", [(0.0, None, "train longer"), (20.0, 25.0, "lower --threshold"),
                                                       (100.0, -1.0, "raise --threshold")])
 def test_empty_or_full_field_is_a_user_error_and_writes_nothing(tmp_path, scale, threshold, advice):
     """scale 0: nothing is dense; scale 20: the peak never reaches 25; threshold -1: all is dense."""
@@ -187,7 +188,7 @@ def test_floaters_are_dropped(tmp_path):
     def sdf(points):
         floater = (points - torch.tensor([0.8, 0.8, 0.8])).norm(dim=-1) - 0.06
         return torch.minimum(world.sdf_sphere(points), floater)
-    result = export_mesh(SDFField(sdf), tmp_path, resolution=64, face_budget=4000, texture_size=128)
+    result = export_mesh(SDFField(sdf), tmp_path, threshold=25.0, resolution=64, face_budget=4000, texture_size=128)
     vertices = load_asset(result.paths["mesh.glb"]).vertices
     assert np.linalg.norm(vertices, axis=1).max() < world.SPHERE_RADIUS + 0.03
     assert result.stats["components_dropped"] == 1
@@ -196,7 +197,7 @@ def test_floaters_are_dropped(tmp_path):
 def test_smoothing_keeps_the_shape_and_lowers_the_error(tmp_path):
     errors = []
     for smooth in (False, True):
-        result = export_mesh(SDFField(world.sdf_sphere), tmp_path / str(smooth), resolution=40,
+        result = export_mesh(SDFField(world.sdf_sphere), tmp_path / str(smooth), threshold=25.0, resolution=40,
                              face_budget=100_000, texture_size=128, smooth=smooth)
         radius = np.linalg.norm(load_asset(result.paths["mesh.glb"]).vertices, axis=1)
         errors.append(np.abs(radius - world.SPHERE_RADIUS).mean())
@@ -209,7 +210,7 @@ def test_failed_unwrap_falls_back_to_vertex_colors(tmp_path, monkeypatch, caplog
     monkeypatch.setattr("backend.export.uv_bake.xatlas.Atlas", broken_atlas)
     field = SDFField(world.sdf_sphere)
     with caplog.at_level(logging.WARNING):
-        result = export_mesh(field, tmp_path, resolution=48, face_budget=3000, texture_size=128)
+        result = export_mesh(field, tmp_path, threshold=25.0, resolution=48, face_budget=3000, texture_size=128)
     assert "vertex colors" in caplog.text
     assert not result.stats["uv_ok"] and "texture.png" not in result.paths
     mesh = load_asset(result.paths["mesh.glb"])
@@ -224,7 +225,7 @@ def test_failed_unwrap_falls_back_to_vertex_colors(tmp_path, monkeypatch, caplog
 
 def test_coarse_mesh_has_vertex_colors_in_the_gltf_frame():
     field = SDFField(box_sdf([0.3, 0.0, 0.0], [0.2, 0.2, 0.2]))
-    vertices, faces, colors = coarse_mesh(field, resolution=32)
+    vertices, faces, colors = coarse_mesh(field, threshold=25.0, resolution=32)
     assert vertices.dtype == np.float32 and faces.dtype == np.int32 and colors.dtype == np.uint8
     assert len(faces) > 0 and colors.shape == vertices.shape and faces.max() < len(vertices)
     # the box sits at backend x 0.1..0.5 (its front, +X): glTF's front is +Z
@@ -239,8 +240,8 @@ def test_coarse_mesh_and_final_glb_are_in_the_same_frame(tmp_path):
     """Both leave the backend in glTF's frame: the live proxy and the file of an asymmetric box
     overlap as they are, with no conversion between them."""
     field = SDFField(box_sdf(**ASYMMETRIC))
-    vertices, _, _ = coarse_mesh(field, resolution=48)
-    result = export_mesh(field, tmp_path, resolution=48, face_budget=2000, texture_size=64)
+    vertices, _, _ = coarse_mesh(field, threshold=25.0, resolution=48)
+    result = export_mesh(field, tmp_path, threshold=25.0, resolution=48, face_budget=2000, texture_size=64)
     loaded = trimesh.load(result.paths["mesh.glb"], process=False)
     glb = next(iter(loaded.geometry.values())).vertices      # the file's own coordinates
     np.testing.assert_allclose(vertices.min(axis=0), glb.min(axis=0), atol=0.01)
@@ -320,7 +321,7 @@ def blender(tmp_path_factory):
     """One bpy session: the GLB and the OBJ of an off-centre box, each imported with defaults."""
     bpy = pytest.importorskip("bpy")
     field = SDFField(box_sdf(**ASYMMETRIC))
-    result = export_mesh(field, tmp_path_factory.mktemp("blender"), resolution=64, face_budget=4000,
+    result = export_mesh(field, tmp_path_factory.mktemp("blender"), threshold=25.0, resolution=64, face_budget=4000,
                          texture_size=256)
     bpy.ops.wm.read_factory_settings(use_empty=True)
     bpy.ops.import_scene.gltf(filepath=str(result.paths["mesh.glb"]))
@@ -400,7 +401,7 @@ def gltf_to_blender(points: np.ndarray) -> np.ndarray:
 def test_blender_live_mesh_and_final_glb_overlap(blender):
     """The coarse mesh, placed the way the glTF importer places the GLB, covers the same box."""
     field, glb, _ = blender
-    vertices, _, _ = coarse_mesh(field, resolution=48)
+    vertices, _, _ = coarse_mesh(field, threshold=25.0, resolution=48)
     proxy, imported = gltf_to_blender(vertices), world_vertices(glb[0])
     np.testing.assert_allclose(proxy.min(axis=0), imported.min(axis=0), atol=0.01)
     np.testing.assert_allclose(proxy.max(axis=0), imported.max(axis=0), atol=0.01)
@@ -435,7 +436,7 @@ def conformance(tmp_path_factory):
     out = {}
     for name, (sdf, resolution, budget) in CONFORMANCE.items():
         result = export_mesh(SDFField(sdf), tmp_path_factory.mktemp(name.replace(" ", "_")),
-                             resolution=resolution, face_budget=budget, texture_size=64)
+                             threshold=25.0, resolution=resolution, face_budget=budget, texture_size=64)
         out[name] = result
     return out
 
@@ -512,7 +513,7 @@ def tiny_checkpoint(tmp_path_factory):
     from backend.config import with_preset
     from backend.nerf import NeRFModel
     config = with_preset("tiny", prompt="a red cube", mesh_resolution=32, texture_size=64, face_budget=800,
-                         mesh_smooth=False)
+                         mesh_smooth=False, mesh_threshold=5.0)
     torch.manual_seed(0)
     model = NeRFModel(nerf_settings(config.resolved()))
     folder = tmp_path_factory.mktemp("run")

@@ -1,11 +1,15 @@
 """Ground-truth metrics against the shapes prior's catalog."""
 import math
 
+import numpy as np
 import pytest
 import torch
+import trimesh
 
+from backend.export.extract import marching_cubes
 from backend.metrics import (albedo_error, best_match, chamfer_distance, distinct_colors, field_color,
-                             field_iou, field_surface_points, grid_points, surface_points, volume_iou)
+                             field_iou, field_surface_points, grid_points, point_mesh_distance, surface_metrics,
+                             surface_points, volume_iou)
 from backend.priors.shapes_world import COLORS, SHAPES, CatalogObject, parse_prompt
 
 
@@ -116,3 +120,70 @@ def test_field_colour_and_distinct_colours_over_seeds():
     runs = [(density_of(sphere), constant_albedo(c)) for c in ("red", "blue", "red", "green")] \
         + [(empty, constant_albedo("pink"))]
     assert distinct_colors(runs, threshold=0.0, resolution=16) == ["blue", "green", "red"]
+
+
+# --- the exported surface against the true one (docs/quality.md, "Surface") ---------------------------
+
+def exact_mesh(shape: str, resolution: int = 128):
+    """Marching cubes of the object's exact SDF on the export's grid: the best a 128^3 export can do."""
+    axis = np.linspace(-1.0, 1.0, resolution)
+    points = torch.from_numpy(np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)).float()
+    return marching_cubes(-SHAPES[shape](points).numpy().reshape((resolution,) * 3), 0.0)
+
+
+def box_mesh(half: float = 0.4):
+    box = trimesh.creation.box(extents=(2 * half,) * 3)
+    return np.asarray(box.vertices), np.asarray(box.faces)
+
+
+def test_point_mesh_distance_is_exact():
+    vertices, faces = box_mesh()
+    points = np.random.default_rng(0).normal(size=(400, 3)) * 0.5   # inside, outside, near edges and corners
+    expected = SHAPES["cube"](torch.from_numpy(points).float()).abs().numpy()
+    assert np.abs(point_mesh_distance(points, vertices, faces) - expected).max() < 1e-5
+    # a fine mesh (the k-nearest candidates) and one point far away (every face in reach)
+    vertices, faces = exact_mesh("sphere", 48)
+    far = np.array([[0.0, 0.0, 0.9], [0.01, 0.02, 0.0]])
+    assert point_mesh_distance(far, vertices, faces) == pytest.approx([0.4, 0.5 - 0.0224], abs=2e-3)
+
+
+@pytest.mark.parametrize("shape", ["cube", "cone"])
+def test_marching_cubes_of_the_exact_sdf_measures_as_exact(shape):
+    obj = CatalogObject(shape, "red")
+    m = surface_metrics(*exact_mesh(shape), obj, n=6000)
+    assert m["accuracy"] < 5e-4 and m["completeness"] < 1e-3
+    assert m["fscore"] > 0.97 and m["normal_error_median"] < 1.0 and m["volume_iou"] > 0.99
+    assert abs(m["regions"]["bottom"]["offset"]) < 1e-3 and m["z_min"] == pytest.approx(m["true_z_min"], abs=1e-3)
+
+
+def test_a_perfect_cube_and_one_scaled_by_one_and_a_half_percent():
+    cube = CatalogObject("cube", "red")
+    vertices, faces = box_mesh()
+    perfect = surface_metrics(vertices, faces, cube, n=6000)
+    assert perfect["fscore"] == 1.0 and perfect["accuracy"] < 1e-6 and perfect["completeness"] < 1e-6
+    assert perfect["normal_error_median"] < 1e-3 and perfect["flat_share"] == 1.0
+    big = surface_metrics(vertices * 1.015, faces, cube, n=6000)   # each face 0.006 out
+    assert big["accuracy"] == pytest.approx(0.006, abs=3e-4) and big["offset"] == pytest.approx(0.006, abs=3e-4)
+    assert big["completeness"] == pytest.approx(0.006, abs=3e-4)
+    assert big["fscore"] == 1.0   # within tau = 0.01
+    far = surface_metrics(vertices * 1.03, faces, cube, n=6000)    # 0.012 out: nothing within tau
+    assert far["fscore"] == 0.0
+
+
+def test_the_bottom_region_sees_a_bulging_underside():
+    cube = CatalogObject("cube", "red")
+    vertices, faces = exact_mesh("cube", 64)
+    sagged = vertices.copy()
+    low = sagged[:, 2] < -0.39
+    sagged[low, 2] -= 0.03 * (1.0 - (sagged[low, 0] / 0.4) ** 2) * (1.0 - (sagged[low, 1] / 0.4) ** 2)
+    m = surface_metrics(sagged, faces, cube, n=6000)
+    assert m["regions"]["bottom"]["offset"] > 0.005 and abs(m["regions"]["top"]["offset"]) < 1e-3
+    assert m["regions"]["bottom"]["normal_error_mean"] > 3 * m["regions"]["top"]["normal_error_mean"]
+    assert m["z_min"] < -0.42
+    assert m["flat_share"] < surface_metrics(vertices, faces, cube, n=6000)["flat_share"] - 0.05  # a sixth less flat
+
+
+def test_flipped_faces_read_as_wrong_normals():
+    vertices, faces = box_mesh()
+    m = surface_metrics(vertices, faces[:, ::-1], CatalogObject("cube", "red"), n=2000)
+    assert m["normal_error_median"] == pytest.approx(180.0, abs=1e-3) and m["flat_share"] == 0.0

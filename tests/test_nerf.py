@@ -13,7 +13,9 @@ import backend.nerf.heads as heads
 from backend.cameras import orbit_cameras
 from backend.errors import UserError
 from backend.nerf import NeRFModel, NeRFSettings
-from backend.nerf.encoding import PRIMES, TorchHashGrid, make_encoding
+import backend.nerf.hash_encoding as hash_encoding
+from backend.nerf.encoding import PRIMES, TorchHashGrid
+from backend.nerf.hash_encoding import make_encoding
 from backend.nerf.heads import FusedHeads
 from tests.helpers import SMALL
 from backend.shading import AMBIENT
@@ -129,11 +131,13 @@ def test_set_active_levels_zeroes_exactly_the_later_levels():
 
 def test_make_encoding_uses_torch_on_cpu_and_warns_once_without_tinycudann(monkeypatch, caplog):
     assert isinstance(make_encoding(SMALL, "cpu"), TorchHashGrid)
+    with pytest.raises(ValueError, match="unknown hash encoding 'cutlass'"):
+        make_encoding(SMALL, "cpu", implementation="cutlass")
     monkeypatch.setitem(sys.modules, "tinycudann", None)       # import fails
-    monkeypatch.setattr(encoding, "_warned_no_tcnn", False)
+    monkeypatch.setattr(hash_encoding, "_warned_no_tcnn", False)
     with caplog.at_level(logging.WARNING):
-        assert not encoding.tcnn_usable("cuda")
-        assert not encoding.tcnn_usable("cuda")
+        assert not hash_encoding.tcnn_usable("cuda")
+        assert not hash_encoding.tcnn_usable("cuda")
     assert sum("tinycudann" in r.message for r in caplog.records) == 1
 
 

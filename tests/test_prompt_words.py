@@ -51,6 +51,12 @@ def test_view_suffixes_and_every_default_negative_still_work(prior, suffix):
     assert prior.describe()["negative"] == "blurred"
 
 
+@pytest.mark.parametrize("prompt", ["\U0001F600" * 1000, "\ud800", "!!! ???", "\u00e9\u00e8"])
+def test_a_prompt_with_no_readable_words_is_refused_not_trained_on_every_object(prior, prompt):
+    with pytest.raises(UserError, match="has no words the built-in 'shapes' prior can read"):
+        prior.set_prompts(prompt)
+
+
 def test_nothing_known_keeps_its_own_answer(prior):
     with pytest.raises(UserError, match="knows no object in the prompt"):
         prior.set_prompts("a zebra on a bicycle")

@@ -20,15 +20,12 @@ from shared.protocol import (REQUEST_FIELDS, ProtocolError, decode_event, decode
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_request_table_covers_generate_config_with_the_same_defaults_and_choices():
-    config_fields = {f.name: f for f in dataclasses.fields(GenerateConfig)}
-    assert set(REQUEST_FIELDS) - {"preset"} == set(config_fields)
-    for name, spec in REQUEST_FIELDS.items():
-        if name == "preset" or spec.required:
-            continue
-        f = config_fields[name]
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        assert spec.default == default, name
+def test_a_local_path_setting_is_refused_on_the_wire_but_taken_by_a_local_run():
+    with pytest.raises(ProtocolError) as error:
+        validate_request({"prompt": "a cube", "source_mesh": "/etc/passwd"})
+    assert error.value.field == "source_mesh" and "unknown setting" in error.value.message
+    config = GenerateConfig(prompt="a cube", source="texture", source_mesh="cube.glb").validate()
+    assert config.source_mesh == "cube.glb"
 
 
 @pytest.mark.parametrize("name", [n for n, s in REQUEST_FIELDS.items() if s.low is not None])
@@ -151,7 +148,7 @@ def test_the_event_address_is_the_next_port():
 
 def test_protocol_md_shows_the_current_request_table():
     text = (ROOT / "shared" / "PROTOCOL.md").read_text()
-    assert protocol.describe_request_fields() in text, "regenerate the table with describe_request_fields()"
+    assert protocol.describe_request_fields() in text, "regenerate the table: python tools/write_protocol_md.py"
 
 
 def test_shared_imports_without_torch_or_numpy_as_a_relocated_subpackage(tmp_path):
@@ -181,3 +178,51 @@ def test_generated_keys_read_back_from_files_and_z85_strings(tmp_path):
         read_public_key(tmp_path / "missing.key")
     with pytest.raises(BadKey, match="Z85"):
         read_keypair(("short", "pair"))
+
+
+def test_a_mesh_packs_into_frames_that_decode_only_with_matching_lengths():
+    import array
+
+    vertices = array.array("f", [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0])  # no numpy needed
+    faces, uv = array.array("i", [0, 1, 2]), array.array("f", [0.0] * 6)
+    header, frames = protocol.pack_mesh(vertices, faces, uv)
+    assert header == {"vertex_count": 3, "face_count": 1, "corner_uv": True} and len(frames) == 3
+    assert validate_command({"v": 2, "cmd": "submit", "request": {"prompt": "a", "source": "texture"},
+                             "mesh": header})[1]["mesh"] == header
+    decoded = protocol.decode_mesh(header, [bytes(f) for f in frames])
+    assert decoded == {"vertices": bytes(vertices), "faces": bytes(faces), "corner_uv": bytes(uv)}
+    no_uv, _ = protocol.pack_mesh(vertices, faces)
+    assert no_uv["corner_uv"] is False
+    for frames_, field in [([bytes(vertices), bytes(faces)], "mesh"),                  # the UV frame is missing
+                           ([bytes(vertices)[:-4], bytes(faces), bytes(uv)], "vertices"),
+                           ([bytes(vertices), bytes(faces) * 2, bytes(uv)], "faces")]:
+        with pytest.raises(ProtocolError) as error:
+            protocol.decode_mesh(header, frames_)
+        assert error.value.field == field
+    with pytest.raises(ProtocolError, match="no mesh argument"):
+        protocol.decode_mesh(None, [b"x"])
+    with pytest.raises(ProtocolError, match="UV layer has 2 corners but the mesh has 3"):
+        protocol.pack_mesh(vertices, faces, array.array("f", [0.0] * 4))
+
+
+@pytest.mark.parametrize("header, field, needle", [
+    ({"request": {"prompt": "a", "source": "texture"}}, "mesh", "needs the mesh"),
+    ({"request": {"prompt": "a"}, "mesh": {"vertex_count": 3, "face_count": 1, "corner_uv": False}}, "source",
+     "source is \"new\""),
+    ({"request": {"prompt": "a", "source": "shape"}, "mesh": {"vertex_count": 0, "face_count": 0, "corner_uv": False}},
+     "mesh", "empty"),
+    ({"request": {"prompt": "a", "source": "shape"},
+      "mesh": {"vertex_count": 3, "face_count": protocol.MAX_MESH_FACES + 1, "corner_uv": False}}, "mesh", "1,000,000"),
+    ({"request": {"prompt": "a", "source": "shape"}, "mesh": {"vertex_count": 3, "face_count": 1}}, "mesh",
+     "corner_uv"),
+])
+def test_a_submit_and_its_mesh_must_agree_and_fit_the_caps(header, field, needle):
+    with pytest.raises(ProtocolError) as error:
+        validate_command({"v": protocol.PROTOCOL_VERSION, "cmd": "submit", **header})
+    assert error.value.field == field and needle in error.value.message
+
+
+def test_the_largest_mesh_frame_fits_under_the_hard_frame_limit():
+    largest = max(protocol.MESH_ITEM_BYTES["corner_uv"] * protocol.MAX_MESH_FACES,
+                  protocol.MESH_ITEM_BYTES["vertices"] * protocol.MAX_MESH_VERTICES)
+    assert largest <= protocol.HARD_FRAME_LIMIT

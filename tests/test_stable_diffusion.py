@@ -177,7 +177,7 @@ def test_hub_ids_load_from_the_hf_cache_and_fail_clearly_when_the_hub_is_unreach
 
 
 def test_unknown_latent_mode_is_refused(sd_folder):
-    with pytest.raises(UserError, match="unknown latent mode 'pixels'"):
+    with pytest.raises(UserError, match="latent_mode = 'pixels' is not allowed: use one of 'vae', 'rgb'"):
         StableDiffusionPrior.load(sd_folder, offline=True, latent_mode="pixels")
 
 
@@ -264,9 +264,12 @@ def test_prediction_follows_the_timestep_per_sample(prior):
     view = random_view(2)
     z = torch.randn(1, 4, 8, 8).expand(2, -1, -1, -1)
     e = prior.predict_noise(z, torch.tensor([900, 100]), (UNCOND,), view)[0]
-    assert (e[0] - e[1]).abs().max() > 1e-3
-    torch.testing.assert_close(e[1], prior.predict_noise(z[:1], torch.tensor([100]), (UNCOND,), view)[0, 0],
-                               atol=1e-5, rtol=1e-4)
+    for i, t in enumerate((900, 100)):  # each sample is the prediction at its own timestep, alone
+        alone = prior.predict_noise(z[:1], torch.tensor([t]), (UNCOND,), random_view(1))[0, 0]
+        torch.testing.assert_close(e[i], alone, atol=1e-5, rtol=1e-4)
+    swapped = prior.predict_noise(z, torch.tensor([100, 900]), (UNCOND,), view)[0]
+    torch.testing.assert_close(swapped.flip(0), e, atol=1e-5, rtol=1e-4)
+    assert (e[0] - e[1]).abs().max() > 1e-3  # and the random UNet does depend on t
 
 
 def test_v_prediction_models_are_converted_to_noise(sd_folder, tmp_path, prior):

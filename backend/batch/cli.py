@@ -1,7 +1,7 @@
 """`python -m backend batch SPEC --out DIR`: the command line of batch generation (docs/batch.md).
 
-The generate flags (--preset, --steps, --cfg, --prior, --set ...) are generate's own argument
-definitions, reused, and act as defaults for every row of SPEC.
+The run flags (--preset, --steps, --cfg, --prior, --set ...) are generate's own (backend/cli_flags.py,
+through argparse's parents=) and act as defaults for every row of SPEC.
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 from shared.schema import METHODS as METHOD_SCHEMA
 from ..errors import UserError
 
-NOT_SHARED = {"help", "prompt", "out", "resume"}  # generate flags that mean something else in a batch
 
-
-def add_batch_parser(sub, generate: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    batch = sub.add_parser("batch", help="many prompts x seeds x methods, in-process or on a Ray cluster",
+def add_batch_parser(sub, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """The batch command; `parents` are generate's run flags (backend/cli_flags.py), which act as defaults
+    for every row of SPEC."""
+    batch = sub.add_parser("batch", parents=parents, help="many prompts x seeds x methods, in-process or on a Ray cluster",
                            description="Run every row of SPEC (a text file with one prompt per line, or JSON/CSV "
                                        "rows of generate settings) for each seed and method. Each item writes what "
                                        "`generate` writes into OUT/<item>/; OUT/batch.json indexes them. "
@@ -33,15 +33,12 @@ def add_batch_parser(sub, generate: argparse.ArgumentParser) -> argparse.Argumen
                        help="mark the K best seeds per prompt as kept (ground-truth IoU on the shapes prior, "
                             "the prior's denoising loss otherwise); nothing is deleted")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for action in generate._actions:
-        if action.dest not in NOT_SHARED:
-            batch._add_action(action)  # the same definitions, so the two commands cannot drift apart
     return batch
 
 
 def batch_plan(args):
     """(items, invalid rows) from SPEC and the flags; UserError for bad flags."""
-    from ..cli import generate_settings
+    from ..cli_flags import generate_settings
     from .spec import expand, read_spec
 
     if args.seeds < 1:
@@ -63,7 +60,7 @@ def batch_plan(args):
 
 
 def cmd_batch(args) -> int:
-    from ..cli import CtrlC
+    from ..cli_flags import CtrlC
     from .run import BatchOptions, run_batch
 
     items, invalid = batch_plan(args)

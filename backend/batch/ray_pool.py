@@ -6,6 +6,7 @@ resumes from its last checkpoint (Worker.run) on the next free actor, and Ray pl
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections import deque
 from typing import Any, Callable
@@ -17,6 +18,7 @@ LOCAL = "local"
 ITEM_RETRIES = 2                 # an item whose worker process dies is tried 1 + 2 times in all
 OBJECT_STORE_BYTES = 256 << 20   # items return small dicts (files go to disk): a small object store will do
 POLL_S = 1.0                     # how often the driver asks the workers for progress
+PROBE_S = 3.0                    # a listening head accepts a TCP connection at once; a dead address gets this long
 
 
 def connect(address: str) -> dict[str, Any]:
@@ -27,6 +29,8 @@ def connect(address: str) -> dict[str, Any]:
     except ImportError:
         raise UserError("--ray needs Ray: install it with `python3 build.py demo` (or pip install ray)") from None
     started = time.perf_counter()
+    if address not in (LOCAL, "auto"):
+        check_reachable(address)
     common = dict(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
     try:
         if address == LOCAL:
@@ -37,6 +41,33 @@ def connect(address: str) -> dict[str, Any]:
         raise UserError(f"cannot join the Ray cluster at {address!r} ({str(error).splitlines()[0]}): start one with "
                         "`ray start --head` and pass the address it prints, or use --ray local") from None
     return {"ray": address, "ray_start_s": time.perf_counter() - started}
+
+
+def check_reachable(address: str) -> None:
+    """Fail within PROBE_S when nothing listens at a cluster address. ray.init itself keeps retrying
+    a dead address for many minutes (docs/batch.md, 'A wrong address, and a simulated cluster'), so
+    this TCP connect comes first. It proves only that something listens, not that it is a Ray head."""
+    client = address.startswith("ray://")  # Ray Client: the client server's own host:port
+    target = address[len("ray://"):] if client else address
+    if not client:
+        try:  # the host:port ray.init will dial (it swaps 127.0.0.1/localhost for this node's IP)
+            from ray._private.services import canonicalize_bootstrap_address
+            target = canonicalize_bootstrap_address(target) or target
+        except Exception:  # a private Ray helper: without it, probe the address as given
+            pass
+    host, _, port = target.rpartition(":")
+    host = host.strip("[]")  # an IPv6 literal, [::1]:6379
+    if not host or not port.isdigit():
+        raise UserError(f"--ray {address!r} is not a Ray address: give HOST:PORT as `ray start --head` prints it "
+                        "(e.g. 10.0.0.1:6379), or --ray local")
+    try:
+        with socket.create_connection((host, int(port)), timeout=PROBE_S):
+            pass
+    except OSError as error:
+        reason = f"no answer within {PROBE_S:g} s" if isinstance(error, socket.timeout) else (
+            error.strerror or type(error).__name__).lower()
+        raise UserError(f"no Ray cluster answers at {address!r} ({reason}): start one with "
+                        "`ray start --head` and pass the address it prints, or use --ray local") from None
 
 
 def actor_options(workers: int | None, items: int) -> tuple[int, dict[str, Any], int | None]:

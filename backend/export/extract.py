@@ -13,7 +13,10 @@ import torch
 
 from ..errors import UserError
 
-DEFAULT_THRESHOLD = 25.0   # docs/export.md: marching cubes at softplus density 25 (a long GPU run's level)
+# threestudio's fixed level (softplus density 25). Meshes choose their level from the field's renders
+# (level.py, docs/export.md "The surface level"); this is the fallback of a measurement on a field that
+# no view sees as opaque.
+DEFAULT_THRESHOLD = 25.0
 DEFAULT_CHUNK = 1 << 18    # points per field query
 
 

@@ -13,13 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.schema import RUN_FIELDS, SettingError, check_value
+
 from ..errors import UserError
 from . import cleanup
-from .extract import DEFAULT_CHUNK, DEFAULT_THRESHOLD, marching_cubes
+from .extract import DEFAULT_CHUNK, marching_cubes
 from .files import Asset, write_asset
 from .frames import to_gltf
 from .grid import density_grid
+from .level import fixed_level, surface_level
 from .manifold import unit_normals
+from .normal_map import bake_normal_map, tangent_frames
 from .uv_bake import bake_albedo, unwrap, vertex_colors
 
 logger = logging.getLogger(__name__)
@@ -48,22 +52,29 @@ def settings_of(config) -> dict:
     """export_mesh's settings saved in a run's GenerateConfig: what `generate` exported with, and what
     `python -m backend export CHECKPOINT` uses unless a flag says otherwise."""
     return dict(resolution=config.mesh_resolution, threshold=config.mesh_threshold, face_budget=config.face_budget,
-                texture_size=config.texture_size, smooth=config.mesh_smooth)
+                texture_size=config.texture_size, smooth=config.mesh_smooth,
+                normal_map=config.normal_map)
 
 
 def export_mesh(field, out_dir, resolution: int = 256, threshold: float | None = None,
                 face_budget: int = 50_000, texture_size: int = 1024, smooth: bool = False,
-                chunk: int = DEFAULT_CHUNK, bound: float = 1.0, min_component: float = 0.1) -> ExportResult:
+                chunk: int = DEFAULT_CHUNK, bound: float = 1.0, min_component: float = 0.1,
+                normal_map: bool = False) -> ExportResult:
     """Export `field` (density(points) -> [N], albedo(points) -> [N, 3] in [0, 1], points in the
-    backend world [-bound, bound]^3) to out_dir. Raises UserError when there is no surface."""
-    threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
-    if resolution < 8:
-        raise UserError(f"mesh resolution {resolution} is too coarse for marching cubes; use at least 8 (e.g. 256)")
-    if texture_size < 16:
-        raise UserError(f"texture size {texture_size} is too small; use at least 16 (e.g. 1024)")
-    if face_budget < 100:
-        raise UserError(f"face budget {face_budget} is too small for a mesh; use at least 100 (e.g. 50000)")
+    backend world [-bound, bound]^3) to out_dir. Raises UserError when there is no surface.
+    threshold: the density level of the surface; None chooses it from the field's renders
+    (level.surface_level, docs/export.md "The surface level").
+    normal_map: also bake the undecimated surface's normals into a tangent-space normal map for the
+    decimated mesh (normal_map.py; GLB normalTexture + TANGENT, OBJ map_Bump)."""
+    for name, value in (("mesh_resolution", resolution), ("texture_size", texture_size), ("face_budget", face_budget)):
+        try:  # the run settings' own ranges (shared/schema.py), so export and training take the same values
+            check_value(name, RUN_FIELDS[name], value)
+        except SettingError as error:
+            raise UserError(error.message, name) from None
     clock = _Stopwatch()
+    level = surface_level(field, bound, chunk) if threshold is None else fixed_level(threshold)
+    threshold = level.level
+    clock.lap("level")
 
     grid, queried = density_grid(field, resolution, threshold, bound, chunk)
     clock.lap("density")
@@ -74,6 +85,7 @@ def export_mesh(field, out_dir, resolution: int = 256, threshold: float | None =
     if smooth:
         mesh = cleanup.smooth(mesh)
     clock.lap("cleanup")
+    detail = mesh   # the full-resolution surface, whose normals a normal map carries
     mesh = cleanup.decimate(mesh, face_budget)
     watertight = bool(mesh.is_watertight)
     clock.lap("decimate")
@@ -91,13 +103,29 @@ def export_mesh(field, out_dir, resolution: int = 256, threshold: float | None =
         asset = Asset(to_gltf(positions), np.asarray(mesh.faces), to_gltf(normals),
                       colors=vertex_colors(field, positions, chunk, normals))
     clock.lap("bake")
+    if normal_map and atlas is not None:   # without UVs (vertex colors) there is nothing to bake into
+        _add_normal_map(asset, detail, positions[atlas.vertex_map], normals[atlas.vertex_map], texture_size)
+        clock.lap("normal_map")
     paths = write_asset(asset, out_dir)
     clock.lap("write")
 
     stats = dict(faces=len(asset.faces), vertices=len(asset.vertices), threshold=threshold, resolution=resolution,
+                 level=level.as_dict(),
                  face_budget=face_budget, texture_size=texture_size, smooth=smooth,
                  uv_ok=atlas is not None, uv_charts=atlas.charts if atlas else 0, texture_fill=round(fill, 4),
+                 normal_map=asset.normal_texture is not None,
                  watertight=watertight, components_dropped=dropped, density_queries=queried, seconds=clock.seconds,
                  total_seconds=round(sum(clock.seconds.values()), 3))
     logger.info("exported %d faces to %s in %.1f s", stats["faces"], out_dir, stats["total_seconds"])
     return ExportResult(paths=paths, stats=stats)
+
+
+def _add_normal_map(asset: Asset, detail, positions: np.ndarray, normals: np.ndarray, texture_size: int) -> None:
+    """Bake `detail`'s normals into the atlas of `asset` (split vertices at `positions`, `normals`, in
+    the backend frame) and attach the map and the tangents, converted to glTF's frame (a rotation:
+    the tangents' handedness w stays)."""
+    tangents = tangent_frames(positions, normals, asset.faces, asset.uv)
+    image, _ = bake_normal_map(np.asarray(detail.vertices), np.asarray(detail.faces), unit_normals(detail),
+                               positions, normals, tangents, asset.faces, asset.uv, texture_size)
+    asset.normal_texture = image
+    asset.tangents = np.column_stack([to_gltf(tangents[:, :3]), tangents[:, 3]])

@@ -26,3 +26,26 @@ def texture_color(mesh: trimesh.Trimesh, face_ids: np.ndarray, bary: np.ndarray)
     col = np.clip((uv[:, 0] * w).astype(int), 0, w - 1)
     row = np.clip(((1.0 - uv[:, 1]) * h).astype(int), 0, h - 1)
     return image[row, col]
+
+
+def glb_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The one primitive of a GLB written by files.py, straight from the file (no importer in
+    between): its vertex attributes by glTF name (float64, glTF's frame) and "indices" as faces [F, 3]."""
+    import json
+    import struct
+
+    data = Path(path).read_bytes()
+    json_length = struct.unpack_from("<I", data, 12)[0]
+    document, binary = json.loads(data[20:20 + json_length]), data[28 + json_length:]
+    primitive = document["meshes"][0]["primitives"][0]
+    out = {}
+    for name, index in [*primitive["attributes"].items(), ("indices", primitive["indices"])]:
+        accessor = document["accessors"][index]
+        view = document["bufferViews"][accessor["bufferView"]]
+        width = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}[accessor["type"]]
+        kind = {5126: "<f4", 5125: "<u4", 5123: "<u2", 5121: "u1"}[accessor["componentType"]]
+        values = np.frombuffer(binary, kind, accessor["count"] * width,
+                               view.get("byteOffset", 0) + accessor.get("byteOffset", 0))
+        out[name] = values.reshape(-1, 3).astype(np.int64) if name == "indices" else \
+            values.reshape(-1, width).astype(np.float64)
+    return out

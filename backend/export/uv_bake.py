@@ -74,9 +74,8 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, texture
         pack.bilinear = True
         charts = xatlas.ChartOptions()
         # xatlas's chart growing, the export's slowest stage, grows faster than linearly with chart
-        # size: ~20 s CPU for 50k marching-cubes faces uncapped. Charts of at most ~CHART_FACES
-        # faces (as an area) make it ~3x faster there for ~15% less texture fill; small meshes are
-        # left alone.
+        # size. Charts of at most ~CHART_FACES faces (as an area) trade a little texture fill for
+        # much less time (docs/quality.md, "Figures behind design choices"); small meshes are left alone.
         charts.max_chart_area = _area(vertices, faces) * CHART_FACES / len(faces)
         atlas.generate(charts, pack)
         if atlas.atlas_count != 1:
@@ -112,6 +111,12 @@ def bake_albedo(field, positions: np.ndarray, normals: np.ndarray, faces: np.nda
     corners = faces[ids[first]]
     points = np.einsum("nk,nkd->nd", bary[first], positions[corners])
     colors = query_seen_albedo(field, points, np.einsum("nk,nkd->nd", bary[first], normals[corners]), chunk)
+    return texel_image(texel, colors, size)
+
+
+def texel_image(texel: np.ndarray, colors: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """Colours [N, 3] in 0..1 at flat texel indices -> (uint8 [size, size, 3] with the empty texels
+    dilated, the fraction of texels given a colour)."""
     image = np.zeros((size * size, 3), np.float32)
     image[texel] = np.clip(colors, 0.0, 1.0)
     filled = np.zeros(size * size, bool)

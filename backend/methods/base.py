@@ -15,9 +15,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from shared.schema import SettingError, check_method_options
+from shared.schema import METHODS, Field, SettingError, check_method_options, check_value
 
-from ..config import check_range
 from ..errors import UserError
 from ..priors.base import TEXT, UNCOND, NoiseSchedule, Prior, View
 
@@ -32,18 +31,27 @@ class GradientOutput:
     extras: dict[str, Any] = field(default_factory=dict)  # the noise and z_t used (tests, analysis)
 
 
+def check_range(name: str, value: Any, low: float, high: float, integer: bool = False) -> None:
+    """One number against its range, with the schema's wording (max_steps, seed, DDIM steps)."""
+    try:
+        check_value(name, Field("int" if integer else "float", None, low, high), value)
+    except SettingError as error:
+        raise UserError(error.message, error.field) from None
+
+
+def option_default(method: str, option: str) -> Any:
+    """The default of one method option, from its one declaration in shared/schema.py METHODS."""
+    return METHODS[method].options[option].default
+
+
 def cfg_combine(e_uncond: torch.Tensor, e_text: torch.Tensor, scale: float) -> torch.Tensor:
     """e_s = e_0 + s (e_y - e_0)."""
     return e_uncond + scale * (e_text - e_uncond)
 
 
 def weight(schedule, t: int, kind: str, like: torch.Tensor) -> torch.Tensor | float:
-    """w(t): "sds" = 1 - abar_t (DreamFusion's default), "uniform" = 1."""
-    if kind == "uniform":
-        return 1.0
-    if kind == "sds":
-        return 1.0 - schedule.abar(t, like)
-    raise UserError(f"unknown weighting {kind!r}: use 'sds' or 'uniform'")
+    """w(t): "sds" = 1 - abar_t (DreamFusion's default), "uniform" = 1 (the schema allows no other)."""
+    return 1.0 if kind == "uniform" else 1.0 - schedule.abar(t, like)
 
 
 def timestep_batch(t: int, like: torch.Tensor) -> torch.Tensor:
@@ -81,7 +89,8 @@ def check_decreasing(method: "Method") -> None:
 class Method(ABC):
     """Base class. Subclasses are dataclasses whose fields are the user-settable options with the
     authors' defaults; `max_steps` and `seed` are filled in by the loop. The options' ranges and
-    descriptions are shared/schema.py's METHODS[name] (tests/test_schema.py checks the defaults)."""
+    descriptions are shared/schema.py's METHODS[name]; subclasses read their defaults from there
+    (`option_default`)."""
 
     name: ClassVar[str]
     #: the negative prompt this method uses when the user gives none (NFSD's p_neg); None: no negative.

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..config import check_range
 from ..priors.base import Prior, View
-from .base import NUM_TIMESTEPS, guided_noise
+from .base import NUM_TIMESTEPS, check_range, guided_noise
 
 # SD's DDIM config: "leading" timestep spacing with steps_offset 1 (timesteps 1, 21, ..., 981 for 50 steps).
 STEPS_OFFSET = 1

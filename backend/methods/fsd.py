@@ -5,8 +5,8 @@ Generation").
     noise:    eps(c) = sqrt(beta) (M patch(c) + (1 - M) E_b) + sqrt(1 - beta) n  (eq. 16, world-map noise)
     rule:     g = w(t) (e_s(z_t, t) - eps(c)),  z_t = a_t x + s_t eps(c)        (eq. 15)
 In 2D (one fixed camera) the noise is constant, and with the step sizes of Proposition 1 (the "flow"
-optimiser of backend/image.py) each update is one DDIM step: measured within 0.03 of DDIM from the same
-noise on the Gaussian-mixture prior. With Adam it overshoots DDIM's answer (docs/methods.md, "FSD").
+optimiser of backend/image.py) each update is one DDIM step (measured against DDIM from the same noise in
+docs/methods.md, "FSD"). With Adam it overshoots DDIM's answer (docs/methods.md, "FSD").
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..priors.base import Prior, View
-from .base import GradientOutput, Method, check_decreasing, linear_timestep
+from .base import GradientOutput, Method, check_decreasing, linear_timestep, option_default
 from .sds import sds_gradient
 
 MASK_THRESHOLD = 0.5  # foreground where the pooled opacity is at least this (M = [alpha >= alpha_0])
@@ -28,12 +28,12 @@ MASK_THRESHOLD = 0.5  # foreground where the pooled opacity is at least this (M 
 class FSD(Method):
     name: ClassVar[str] = "fsd"
 
-    cfg: float = 7.5
-    t_start: float = 0.98
-    t_end: float = 0.02
-    beta: float = 1.0     # 1: fully deterministic eps(c); 0: SDS's fresh noise (eq. 16, Fig. 8)
-    theta: float = 180.0  # degrees of view one patch spans; sets the world-map size (sec. 5.3)
-    weighting: str = "sds"
+    cfg: float = option_default("fsd", "cfg")
+    t_start: float = option_default("fsd", "t_start")
+    t_end: float = option_default("fsd", "t_end")
+    beta: float = option_default("fsd", "beta")  # 1: fully deterministic eps(c); 0: SDS's fresh noise (eq. 16, Fig. 8)
+    theta: float = option_default("fsd", "theta")  # degrees of view one patch spans; sets the world-map size (sec. 5.3)
+    weighting: str = option_default("fsd", "weighting")
 
     def __post_init__(self) -> None:
         super().__post_init__()

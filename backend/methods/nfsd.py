@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 
 from ..priors.base import NEGATIVE, NFSD_NEGATIVE_PROMPT, TEXT, UNCOND, View
-from .base import GradientOutput, timestep_batch, weight
+from .base import GradientOutput, option_default, timestep_batch, weight
 from .sds import RandomTimesteps
 
 # Below this t the unconditional prediction is taken as delta_D alone (eq. 6): its noise part is small.
@@ -37,7 +37,7 @@ class NFSD(RandomTimesteps):
     name: ClassVar[str] = "nfsd"
     default_negative: ClassVar[str | None] = NFSD_NEGATIVE_PROMPT
 
-    cfg: float = 7.5
+    cfg: float = option_default("nfsd", "cfg")
 
     def gradient_at(self, x: torch.Tensor, t: int, eps: torch.Tensor, view: View) -> GradientOutput:
         schedule = self.prior.schedule

@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 
 from ..priors.base import View
-from .base import NUM_TIMESTEPS, GradientOutput, Method, check_decreasing, guided_noise
+from .base import GradientOutput, Method, NUM_TIMESTEPS, check_decreasing, guided_noise, option_default
 from .ddim import ddim_step, ddim_timesteps, predicted_x0
 
 # The inversion starts from x itself at the noise level abar[0]: the guidance's first step runs
@@ -40,12 +40,14 @@ class SDI(Method):
     # line 66), whose branch is written e_0 + s (...) (guidance line 241): their 7.5 / -7.5 are ours.
     # Without Perp-Neg their code writes e_y + s (e_y - e_0) (line 263), i.e. ours at 8.5 / -6.5;
     # both are measured in docs/methods.md.
-    cfg: float = 7.5
-    inversion_cfg: float = -7.5   # negative CFG on the inversion (sec. 6.2; sdi.yaml line 78)
-    entropy: float = 0.3          # the 0.3 of eq. 11
-    t_start: float = 0.98
-    t_end: float = 0.25
-    inversion_steps: int = 10     # the DDIM grid 1, 101, ..., 901 (sec. 6.2, "number of steps")
+    cfg: float = option_default("sdi", "cfg")
+    # negative CFG on the inversion (sec. 6.2; sdi.yaml line 78)
+    inversion_cfg: float = option_default("sdi", "inversion_cfg")
+    entropy: float = option_default("sdi", "entropy")  # the 0.3 of eq. 11
+    t_start: float = option_default("sdi", "t_start")
+    t_end: float = option_default("sdi", "t_end")
+    # the DDIM grid 1, 101, ..., 901 (sec. 6.2, "number of steps")
+    inversion_steps: int = option_default("sdi", "inversion_steps")
 
     def validate(self) -> None:
         super().validate()

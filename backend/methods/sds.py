@@ -14,7 +14,7 @@ import torch
 
 from ..errors import UserError
 from ..priors.base import Prior, View
-from .base import NUM_TIMESTEPS, GradientOutput, Method, guided_noise, weight
+from .base import GradientOutput, Method, NUM_TIMESTEPS, guided_noise, option_default, weight
 
 
 def sds_gradient(prior: Prior, x: torch.Tensor, t: int, eps: torch.Tensor, view: View, scale: float,
@@ -31,11 +31,11 @@ def sds_gradient(prior: Prior, x: torch.Tensor, t: int, eps: torch.Tensor, view:
 class RandomTimesteps(Method):
     """The schedule and noise source SDS and NFSD share: t ~ U{T t_min .. T t_max} and fresh eps."""
 
-    t_min: float = 0.02
-    t_max: float = 0.98
-    anneal_after: int | None = None   # from this step on, the upper bound of t is anneal_t_max
-    anneal_t_max: float = 0.5
-    weighting: str = "sds"            # w(t): "sds" = 1 - abar_t, "uniform" = 1
+    t_min: float = option_default("sds", "t_min")
+    t_max: float = option_default("sds", "t_max")
+    anneal_after: int | None = option_default("sds", "anneal_after")  # then the upper bound of t is anneal_t_max
+    anneal_t_max: float = option_default("sds", "anneal_t_max")
+    weighting: str = option_default("sds", "weighting")  # w(t): "sds" = 1 - abar_t, "uniform" = 1
 
     def validate(self) -> None:
         super().validate()
@@ -70,7 +70,7 @@ class RandomTimesteps(Method):
 class SDS(RandomTimesteps):
     name: ClassVar[str] = "sds"
 
-    cfg: float = 100.0
+    cfg: float = option_default("sds", "cfg")
 
     def gradient_at(self, x: torch.Tensor, t: int, eps: torch.Tensor, view: View) -> GradientOutput:
         return sds_gradient(self.prior, x, t, eps, view, self.cfg, self.weighting)

@@ -31,7 +31,7 @@ from .encoding import PRIMES, TorchHashGrid
 
 logger = logging.getLogger(__name__)
 
-# The 8 cell corners as (x, y, z) offsets, and d weight / d frac's sign per corner and axis.
+# The 8 cell corners as (x, y, z) offsets.
 _CORNERS = [(i, j, k) for i in (0, 1) for j in (0, 1) for k in (0, 1)]
 
 
@@ -84,20 +84,9 @@ class CompiledHashGrid(TorchHashGrid):
         super().__init__(settings)
         self._encode = _Compiled(encode_level) if compile else encode_level
         self.heads = _Compiled(heads) if compile else heads
-        self._n_active: int | None = None  # active_levels as a Python int: reading the buffer waits for the GPU
-
-    def set_active_levels(self, n: int) -> None:
-        super().set_active_levels(n)
-        self._n_active = max(0, min(int(n), self.n_levels))
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self._n_active = None
 
     def forward(self, points: torch.Tensor, with_jacobian: bool = False):
-        if self._n_active is None:
-            self._n_active = int(self.active_levels)
-        n, n_active = points.shape[0], self._n_active
+        n, n_active = points.shape[0], self.n_active
         unit = ((points.detach() + 1.0) * 0.5).clamp(0.0, 1.0)
         outputs = [self._encode(unit, table, level.resolution, level.dense, level.hash_mask, with_jacobian)
                    for level, table in zip(self.levels[:n_active], self.tables[:n_active])]

@@ -1,22 +1,21 @@
 """Multiresolution hash encoding of points in [-1, 1]^3 (instant-ngp, Müller et al. 2022, §3).
 
-Two implementations of the same encoding, chosen by `make_encoding` (as nerfstudio does):
+The implementations of one encoding, chosen by hash_encoding.make_encoding (as nerfstudio does):
 - `TorchHashGrid`: plain PyTorch, runs anywhere. It also returns the exact Jacobian of the features
   with respect to the point, from the same corner look-ups, so the field gets its normals without a
   double backward (field.py).
 - `TcnnHashGrid`: tiny-cuda-nn's fused kernel, used on CUDA when `tinycudann` imports.
+- `CompiledHashGrid` (compiled.py): TorchHashGrid's tables evaluated by torch.compile'd code, on CUDA.
+They share `ProgressiveLevels`, the size and level state.
 
 Levels are switched on progressively (threestudio): levels >= `active_levels` output zeros.
 """
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 # instant-ngp's spatial hash, eq. (4): xor of the coordinates times large primes (the first is 1).
 PRIMES = (1, 2654435761, 805459861)
@@ -63,7 +62,26 @@ class _Level:
         return index.reshape(-1), frac
 
 
-class TorchHashGrid(nn.Module):
+class ProgressiveLevels(nn.Module):
+    """What every implementation shares: its size and the progressive level state. `active_levels` is
+    a buffer, so checkpoints keep it; `n_active` is the same number on the host, so a forward never
+    reads the buffer back from the device (it is read once per load)."""
+
+    def __init__(self, settings):
+        super().__init__()
+        self.n_levels = settings.hash_levels
+        self.n_features = settings.features_per_level
+        self.out_dim = self.n_levels * self.n_features
+        self.register_buffer("active_levels", torch.tensor(settings.levels_start, dtype=torch.int64))
+        self.n_active = settings.levels_start
+        self.register_load_state_dict_post_hook(_read_active_levels)
+
+    def set_active_levels(self, n: int) -> None:
+        self.n_active = max(0, min(int(n), self.n_levels))
+        self.active_levels.fill_(self.n_active)
+
+
+class TorchHashGrid(ProgressiveLevels):
     """The hash encoding in PyTorch. A level with N cells per axis has (N+1)^3 vertices; while those
     fit the table they are indexed densely, otherwise through the hash. Each level has its own table
     parameter, so the levels not yet switched on get no gradient and cost the optimiser nothing."""
@@ -71,23 +89,12 @@ class TorchHashGrid(nn.Module):
     has_jacobian = True
 
     def __init__(self, settings):
-        super().__init__()
-        self.n_levels = settings.hash_levels
-        self.n_features = settings.features_per_level
-        self.out_dim = self.n_levels * self.n_features
+        super().__init__(settings)
         table_size = 2 ** settings.log2_table
         self.levels = [_Level(resolution, table_size) for resolution in level_resolutions(settings)]
         self.tables = nn.ParameterList(
             nn.Parameter(torch.empty(level.size, self.n_features).uniform_(-INIT_SCALE, INIT_SCALE))
             for level in self.levels)
-        self.register_buffer("active_levels", torch.tensor(settings.levels_start, dtype=torch.int64))
-        # the same number on the host, so a forward never reads the buffer back from the device
-        self.n_active = settings.levels_start
-        self.register_load_state_dict_post_hook(_read_active_levels)
-
-    def set_active_levels(self, n: int) -> None:
-        self.n_active = max(0, min(int(n), self.n_levels))
-        self.active_levels.fill_(self.n_active)
 
     def forward(self, points: torch.Tensor, with_jacobian: bool = False):
         """points [N, 3] in [-1, 1]^3 -> features [N, L*F]. Inactive levels give zeros and cost
@@ -260,31 +267,20 @@ def _per_feature(frac: torch.Tensor, width: int) -> torch.Tensor:
     return frac[:, :, None].expand(-1, -1, width).reshape(3, -1)
 
 
-class TcnnHashGrid(nn.Module):
+class TcnnHashGrid(ProgressiveLevels):
     """tiny-cuda-nn's HashGrid with the same configuration; levels >= active_levels are masked to 0."""
 
     has_jacobian = False
 
     def __init__(self, settings):
-        super().__init__()
+        super().__init__(settings)
         import tinycudann as tcnn
 
-        self.n_levels = settings.hash_levels
-        self.n_features = settings.features_per_level
-        self.out_dim = self.n_levels * self.n_features
         self.encoding = tcnn.Encoding(3, {
             "otype": "HashGrid", "n_levels": settings.hash_levels,
             "n_features_per_level": settings.features_per_level, "log2_hashmap_size": settings.log2_table,
             "base_resolution": settings.base_resolution, "per_level_scale": settings.per_level_scale,
         }, dtype=torch.float32)
-        self.register_buffer("active_levels", torch.tensor(settings.levels_start, dtype=torch.int64))
-        # the same number on the host, so a forward never reads the buffer back from the device
-        self.n_active = settings.levels_start
-        self.register_load_state_dict_post_hook(_read_active_levels)
-
-    def set_active_levels(self, n: int) -> None:
-        self.n_active = max(0, min(int(n), self.n_levels))
-        self.active_levels.fill_(self.n_active)
 
     def forward(self, points: torch.Tensor, with_jacobian: bool = False) -> torch.Tensor:
         if with_jacobian:
@@ -293,34 +289,3 @@ class TcnnHashGrid(nn.Module):
         features = self.encoding(unit).float()
         level = torch.arange(self.out_dim, device=points.device) // self.n_features
         return features * (level < self.n_active).to(features.dtype)
-
-
-_warned_no_tcnn = False
-
-
-def tcnn_usable(device: torch.device | str | None) -> bool:
-    """Whether to use tiny-cuda-nn: on CUDA when it imports (warning once when it does not)."""
-    global _warned_no_tcnn
-    if device is None or torch.device(device).type != "cuda":
-        return False
-    try:
-        import tinycudann  # noqa: F401
-    except ImportError:
-        if not _warned_no_tcnn:
-            log.warning("tinycudann is not installed: using the slower PyTorch hash encoding on CUDA. "
-                        "Install tiny-cuda-nn's PyTorch bindings for the fused kernel.")
-            _warned_no_tcnn = True
-        return False
-    return True
-
-
-def make_encoding(settings, device: torch.device | str | None = None) -> nn.Module:
-    """tiny-cuda-nn's encoding on CUDA when it imports, else the compiled one on CUDA (compiled.py),
-    else the PyTorch one, on `device`."""
-    from .compiled import CompiledHashGrid, compiled_usable
-
-    if tcnn_usable(device):
-        grid = TcnnHashGrid(settings)
-    else:
-        grid = CompiledHashGrid(settings) if compiled_usable(device) else TorchHashGrid(settings)
-    return grid.to(device if device is not None else "cpu")

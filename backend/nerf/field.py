@@ -4,6 +4,7 @@ One hash encoding feeds two small MLPs (threestudio's ImplicitVolume), each one 
 ReLU units without biases (as tiny-cuda-nn's fully fused MLP, so with the near-zero initial hash
 features the field starts as the blob alone, albedo 0.5):
     density = softplus(raw + blob),  blob = 10 (1 - |p| / 0.5)  (Magic3D's bias, threestudio "blob_magic3d")
+    (or, for a run started from a mesh, that mesh's bias grid: backend/shape_guide.py)
     albedo  = sigmoid(3 outputs)
 
 Normals are n = -grad(density) / |grad(density)| (DreamFusion §3.1). softplus' > 0 only scales the
@@ -20,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoding import make_encoding
+from ..shape_guide import shape_bias
+from .hash_encoding import make_encoding
 from .heads import FusedHeads
 
 CHUNK = 1 << 18  # points per forward in density() / albedo(): bounds memory for the mesh exporter
@@ -45,12 +47,25 @@ class Field(nn.Module):
         self.hidden_layers = nn.Linear(self.encoding.out_dim, 2 * settings.hidden, bias=False, device=device)
         self.density_out = nn.Linear(settings.hidden, 1, bias=False, device=device)
         self.albedo_out = nn.Linear(settings.hidden, 3, bias=False, device=device)
+        # The shape start (backend/shape_guide.py): empty for the blob. Buffers, so checkpoints carry them.
+        self.register_buffer("shape_grid", torch.zeros(0, device=device))
+        self.register_buffer("shape_settings", torch.zeros(0, device=device))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The shape grid's size is data (empty for the blob): take the checkpoint's; a checkpoint from
+        # before shape starts has none, so it loads as the blob.
+        for name in ("shape_grid", "shape_settings"):
+            saved = state_dict.setdefault(prefix + name, getattr(self, name).new_zeros(0))
+            setattr(self, name, getattr(self, name).new_empty(saved.shape))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_active_levels(self, n: int) -> None:
         self.encoding.set_active_levels(n)
 
     def blob(self, points: torch.Tensor) -> torch.Tensor:
-        """Magic3D's density bias: blob_density * (1 - |p| / blob_radius)."""
+        """Magic3D's density bias: blob_density * (1 - |p| / blob_radius), or the shape start's."""
+        if self.shape_grid.numel():
+            return shape_bias(self.shape_grid, self.shape_settings, points)[0]
         return self.blob_density * (1.0 - points.norm(dim=-1) / self.blob_radius)
 
     def _raw_density(self, features: torch.Tensor) -> torch.Tensor:
@@ -82,6 +97,8 @@ class Field(nn.Module):
         return FieldSamples(F.softplus(raw), torch.sigmoid(albedo_logits), -F.normalize(grad, dim=-1))
 
     def _blob_grad(self, points: torch.Tensor) -> torch.Tensor:
+        if self.shape_grid.numel():
+            return shape_bias(self.shape_grid, self.shape_settings, points)[1]
         return -(self.blob_density / self.blob_radius) * F.normalize(points, dim=-1)
 
     def _forward_autograd(self, points: torch.Tensor) -> FieldSamples:
@@ -89,10 +106,13 @@ class Field(nn.Module):
         with torch.enable_grad():
             points = points.detach().requires_grad_(True)
             features = self.encoding(points)
-            raw = self._raw_density(features) + self.blob(points)
-            grad, = torch.autograd.grad(raw.sum(), points, create_graph=create_graph)
+            raw = self._raw_density(features)
+            grad, = torch.autograd.grad(raw.sum(), points, create_graph=create_graph, allow_unused=True)
+        grad = torch.zeros_like(points) if grad is None else grad  # an encoding without a gradient to points
         if not create_graph:
             raw, features, grad = raw.detach(), features.detach(), grad.detach()
+        # the bias and its gradient in closed form: no double backward through the shape grid's sampler
+        raw, grad = raw + self.blob(points.detach()), grad + self._blob_grad(points.detach())
         return FieldSamples(F.softplus(raw), self._albedo(features), -F.normalize(grad, dim=-1))
 
 

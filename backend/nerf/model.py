@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from shared.schema import RUN_FIELDS
+
 from ..cameras import Cameras
 from ..errors import UserError
 from ..shading import SHADING_MODES, shade
@@ -25,24 +27,29 @@ from .sampler import RaySamples, known_sync, march
 RAY_CHUNK = 1 << 14  # rays per block when rendering without gradients (a 128 x 128 view)
 
 
+def _run_default(name: str):
+    """A setting that is also a run setting takes its default from shared/schema.py RUN_FIELDS."""
+    return RUN_FIELDS[name].default
+
+
 @dataclass
 class NeRFSettings:
-    """Defaults are threestudio's DreamFusion-SD (docs/methods.md, "The NeRF side")."""
+    """The field's architecture and marching. Defaults are threestudio's DreamFusion-SD (docs/methods.md,
+    "The NeRF side"); the ones a run can set come from shared/schema.py RUN_FIELDS."""
 
-    hash_levels: int = 16
+    hash_levels: int = _run_default("hash_levels")
     features_per_level: int = 2
-    log2_table: int = 19
+    log2_table: int = _run_default("hash_log2_table")
     base_resolution: int = 16
     per_level_scale: float = 1.447
-    levels_start: int = 8            # active hash levels at the start (progressive levels)
+    levels_start: int = _run_default("hash_levels_start")  # active hash levels at the start (progressive levels)
     hidden: int = 64                 # width of the density and albedo MLPs
     blob_density: float = 10.0       # density bias blob_density * (1 - |p| / blob_radius)
     blob_radius: float = 0.5
     background_hidden: int = 16
-    occupancy_resolution: int = 32
+    occupancy_resolution: int = _run_default("occupancy_resolution")
     # Samples along the cube's diagonal: sets the marching step 2 sqrt(3) / max_samples_per_ray.
-    # threestudio's 512 spans its radius-2 box, so 256 here is its step in world units (and half the cost).
-    max_samples_per_ray: int = 512
+    max_samples_per_ray: int = _run_default("max_samples_per_ray")
     occupancy_skipping: bool = True  # skip samples in empty occupancy cells
     early_stop: float = 1e-4         # drop samples once transmittance is below this (0: keep all)
 

@@ -77,7 +77,7 @@ def known_sync():
     """Marks a host sync that packed sampling cannot avoid: how many samples a render has is data,
     and the next tensors' sizes depend on it (nerfacc syncs at the same points). On CUDA, CUDA's
     sync-debug mode is switched off inside, so a test running steps with it set to "error"
-    (tests/test_gpu_steps.py) fails on any other sync. The render has three: the sample count here,
+    (tests/test_train.py, its sync-debug test) fails on any other sync. The render has three: the sample count here,
     the occupancy selection and the early-stop selection (RaySamples.select, model._drop_occluded)."""
     if not torch.cuda.is_available():
         yield

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from shared.schema import SHAPES_PRIOR
+
 from ..cameras import Cameras
 from ..errors import UserError
 from ..shading import shade
@@ -50,6 +52,9 @@ def unknown_words(prompt: str) -> list[str]:
 def check_prompt_words(prompt: str) -> None:
     """A prompt with words the shapes prior cannot show would train something else in silence
     ("a purple elephant playing chess" -> a purple object): refuse it, naming the words."""
+    if prompt.strip() and not re.search(r"[a-z0-9]", strip_view_suffix(prompt).lower()):
+        raise UserError(f"the prompt {prompt[:40]!r} has no words the built-in 'shapes' prior can read (it reads "
+                        f"plain letters: {vocabulary_text()}); describe the object, e.g. 'a red cube'")
     unknown = unknown_words(prompt)
     if unknown:
         raise UserError(f"the built-in 'shapes' prior does not know {', '.join(map(repr, unknown))} in the prompt "
@@ -131,11 +136,10 @@ def _same(a: tuple, b: tuple | None) -> bool:
 class ShapesPrior(ExactPrior):
     """The exact prior over the catalog of backend/priors/shapes_world.py, in RGB space ([-1, 1])."""
 
-    name = "shapes"
+    name = SHAPES_PRIOR
     # TEXT is the named objects' exact renders, so the conditional needs no sharpening: at a scale s
     # the target moves (s - 1)(D_text - D_uncond) off the object and no method's fixed point is the
-    # object any more. "a red cube", SDS, 800 steps: IoU 0.65 / 0.90 / 0.99 at s = 100 / 7.5 / 1
-    # (docs/quality.md, "Guidance").
+    # object any more (measured in docs/quality.md, "Guidance").
     default_cfg = 1.0
 
     def __init__(self, resolution: int = 64, device: torch.device | str = "cpu"):

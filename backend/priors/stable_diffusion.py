@@ -29,6 +29,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from shared.schema import SD_OPTIONS, SettingError, check_prior_options
+
 from ..cameras import VIEW_SUFFIXES
 from ..errors import UserError
 from .base import CONDITIONS, NEGATIVE, TEXT, UNCOND, Prior, View
@@ -38,9 +40,13 @@ from .sd_perp_neg import perp_neg_text, view_mixture
 
 logger = logging.getLogger(__name__)
 
-LATENT_MODES = ("vae", "rgb")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 EMPTY = ""  # the unconditional prompt
+
+
+def _option(name: str):
+    """An option's default, from its declaration in shared/schema.py SD_OPTIONS."""
+    return SD_OPTIONS[name].default
 
 
 class StableDiffusionPrior(Prior):
@@ -49,12 +55,14 @@ class StableDiffusionPrior(Prior):
     name = "stable-diffusion"
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, *, device: torch.device | str = "cpu",
-                 dtype: torch.dtype | None = None, latent_mode: str = "vae", attention_slicing: bool = False,
-                 vae_tiling: bool = False, cpu_offload: bool = False, perp_neg: bool = False,
-                 cuda_graphs: bool = True, vae_channels_last: bool = False,
+                 dtype: torch.dtype | None = None, latent_mode: str = _option("latent_mode"),
+                 attention_slicing: bool = _option("attention_slicing"), vae_tiling: bool = _option("vae_tiling"),
+                 cpu_offload: bool = _option("cpu_offload"), perp_neg: bool = _option("perp_neg"),
+                 cuda_graphs: bool = _option("cuda_graphs"), vae_channels_last: bool = _option("vae_channels_last"),
                  model_id: str = "in-memory", weights_sha256: str | None = None):
-        """Take loaded diffusers/transformers components (e.g. sd_random's) and place them on `device`."""
-        _check_latent_mode(latent_mode)
+        """Take loaded diffusers/transformers components (e.g. sd_random's) and place them on `device`.
+        The options are shared/schema.py SD_OPTIONS'."""
+        _check_options(latent_mode=latent_mode)
         self.device = torch.device(device)  # already resolved by the caller (train.resolve_device)
         self.dtype = dtype or default_dtype(self.device)
         self.latent_mode, self.perp_neg, self.cpu_offload = latent_mode, perp_neg, cpu_offload
@@ -107,19 +115,16 @@ class StableDiffusionPrior(Prior):
 
     @classmethod
     def load(cls, name_or_path: str = DEFAULT_MODEL, device: torch.device | str = "cpu", offline: bool = False,
-             dtype: torch.dtype | None = None, latent_mode: str = "vae", attention_slicing: bool = False,
-             vae_tiling: bool = False, cpu_offload: bool = False, perp_neg: bool = False, cuda_graphs: bool = True,
-             vae_channels_last: bool = False) -> "StableDiffusionPrior":
-        """Load a Hub id (downloaded to the HF cache on first use, unless offline) or a local diffusers folder."""
-        _check_latent_mode(latent_mode)  # before the slow part
+             dtype: torch.dtype | None = None, **options) -> "StableDiffusionPrior":
+        """Load a Hub id (downloaded to the HF cache on first use, unless offline) or a local diffusers
+        folder. `options`: shared/schema.py SD_OPTIONS."""
+        options = _check_options(**options)  # before the slow part
         device = torch.device(device)
         dtype = dtype or default_dtype(device)
         folder = resolve_folder(str(name_or_path), offline)
         components = load_components(folder, dtype)
-        return cls(**components, device=device, dtype=dtype, latent_mode=latent_mode,
-                   attention_slicing=attention_slicing, vae_tiling=vae_tiling, cpu_offload=cpu_offload,
-                   perp_neg=perp_neg, cuda_graphs=cuda_graphs, vae_channels_last=vae_channels_last,
-                   model_id=str(name_or_path), weights_sha256=weights_hash(Path(folder)))
+        return cls(**components, device=device, dtype=dtype, **options, model_id=str(name_or_path),
+                   weights_sha256=weights_hash(Path(folder)))
 
     # ---- prompts -------------------------------------------------------------------------------
 
@@ -294,10 +299,12 @@ def view_indices(elevation: torch.Tensor, azimuth: torch.Tensor) -> torch.Tensor
     return torch.where(elevation > 60.0, VIEW_SUFFIXES.index("overhead view"), index)
 
 
-def _check_latent_mode(latent_mode: str) -> None:
-    if latent_mode not in LATENT_MODES:
-        raise UserError(f"unknown latent mode {latent_mode!r}: use 'vae' (exact, VAE-encoded 512x512 renders) "
-                        "or 'rgb' (cheap, the render resized to the latent size)")
+def _check_options(**options) -> dict:
+    """Options checked against shared/schema.py SD_OPTIONS, or UserError naming the bad one."""
+    try:
+        return check_prior_options(options)
+    except SettingError as error:
+        raise UserError(error.message, error.field) from None
 
 
 def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:

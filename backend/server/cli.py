@@ -11,11 +11,7 @@ from shared.protocol import DEFAULT_HOST, DEFAULT_PORT
 
 from ..errors import UserError
 from .security import ServerKeys
-
-MAX_QUEUED = 100  # jobs waiting (not running) at once; more are refused until some start
-# Niceness added to the job processes: on a busy CPU the command loop wins it (status p99 during the
-# largest export 49 -> 34 ms on a shared 2-core machine, docs/server.md).
-WORKER_NICE = 5
+from .defaults import MAX_QUEUED, WORKER_NICE
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,7 @@ from .datadir import write_problem
 from .prior_cache import Loader, PriorCache, free_device_memory
 from .reporter import JobReporter
 from .requests import config_from_request
+from .uploads import source_mesh_path
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,19 @@ _CLI_WORDING = {
 }
 
 
-def _default_train(*args: Any, **kwargs: Any) -> Any:
+def _default_train(config: Any, *args: Any, **kwargs: Any) -> Any:
+    """backend.train.train, or for source "texture" texture mode's loop (same signature; the geometry
+    stays fixed, docs/selection.md). Shape mode is train's own business (the field starts as the shape)."""
+    if config.source == "texture":
+        try:
+            from ..texture.train_texture import train_texture
+        except ImportError as error:
+            raise UserError(f"this backend cannot texture a mesh yet ({error}): update the backend, or use "
+                            "source \"new\" or \"shape\"") from None
+        return train_texture(config, *args, **kwargs)
     from ..train import train
 
-    return train(*args, **kwargs)
+    return train(config, *args, **kwargs)
 
 
 @dataclass
@@ -141,7 +151,8 @@ class JobRunner:
 
         should_stop = lambda: spec.job_id in self.cancelled or self.stopping.is_set()  # noqa: E731
         try:
-            config = config_from_request(spec.request, spec.device, spec.coarse_mesh_every)
+            config = config_from_request(spec.request, spec.device, spec.coarse_mesh_every,
+                                         source_mesh_path(spec.folder))
             config = replace(config, prior=spec.prior)
             prior = self.priors.get(config.prior, config.device, config.resolution, config.offline,
                                     config.prior_options)

@@ -122,8 +122,10 @@ class JobStore:
 
     # -- access -----------------------------------------------------------------------------------
 
-    def create(self, request: dict[str, Any], config: dict[str, Any], device: str) -> Job:
-        """A new queued job on disk. OSError if the data folder cannot take it (nothing is left behind)."""
+    def create(self, request: dict[str, Any], config: dict[str, Any], device: str,
+               files: dict[str, bytes] | None = None) -> Job:
+        """A new queued job on disk, with `files` (name -> bytes, e.g. an uploaded mesh) written into its
+        folder before its request. OSError if the data folder cannot take it (nothing is left behind)."""
         with self._lock:
             job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
             while job_id in self._jobs:
@@ -132,6 +134,8 @@ class JobStore:
             folder.mkdir()
             job = Job(job_id, folder, request, _new_status(job_id, request, config, device))
             try:
+                for name, data in (files or {}).items():
+                    write_atomic(folder / name, data)
                 _write_json(folder / "request.json", request)
                 _write_json(folder / "status.json", job.status)
             except OSError:

@@ -20,10 +20,10 @@ _HUB_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)
 
 
 def builtin_priors() -> tuple[str, ...]:
-    """The names load_prior handles itself: backend.priors.BUILTIN_PRIORS where it exists, else "shapes"."""
-    from .. import priors
+    """The names load_prior handles itself (backend.priors.BUILTIN_PRIORS)."""
+    from ..priors import BUILTIN_PRIORS
 
-    return tuple(getattr(priors, "BUILTIN_PRIORS", None) or (priors.SHAPES,))
+    return tuple(BUILTIN_PRIORS)
 
 
 def hf_cache() -> Path:

@@ -5,28 +5,20 @@ written to the job folder so a client that joins late can fetch it. flush() send
 held back. Events leave through `send(type, header_fields, *binary_frames)`."""
 from __future__ import annotations
 
-import io
 import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image
 
 from shared.protocol import PREVIEW_NAME
 
 from ..events import CoarseMesh, Event, Finished, Log, Preview, Progress
 from ..fileio import write_atomic
+from ..pictures import png_bytes
 
 log = logging.getLogger(__name__)
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """[H, W, 3] uint8 -> PNG bytes (fast compression: previews are many and short-lived)."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 def mesh_frames(mesh: CoarseMesh) -> tuple[dict[str, Any], list[bytes]]:
@@ -83,7 +75,7 @@ class JobReporter:
         preview, self._pending_preview = self._pending_preview, None
         self._last_preview_at = time.monotonic()
         image = np.asarray(preview.image)
-        png = encode_png(image)
+        png = png_bytes(image, compress_level=1)
         write_atomic(self.folder / PREVIEW_NAME, png)
         self.send("preview", {"step": int(preview.step), "width": int(image.shape[1]), "height": int(image.shape[0])},
                   png)

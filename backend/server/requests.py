@@ -28,19 +28,21 @@ def default_device(requested: str = "auto") -> str:
     return device
 
 
-def config_from_request(fields: dict[str, Any], device: str, coarse_mesh_every: int) -> GenerateConfig:
-    """`fields` (from shared.protocol.validate_request) -> a validated GenerateConfig. Raises
-    ProtocolError naming the field GenerateConfig.validate complains about."""
+def config_from_request(fields: dict[str, Any], device: str, coarse_mesh_every: int,
+                        source_mesh: str | None = None) -> GenerateConfig:
+    """`fields` (from shared.protocol.validate_request) -> a validated GenerateConfig. `source_mesh`:
+    where the job's uploaded mesh is kept (uploads.py), never a request field. Raises ProtocolError
+    naming the field GenerateConfig.validate complains about."""
     settings = dict(fields)
+    if source_mesh is not None:
+        settings["source_mesh"] = source_mesh
     preset = settings.pop("preset", DEFAULT_PRESET)
     settings.setdefault("coarse_mesh_every", coarse_mesh_every)  # live proxies unless the client says no
     settings["device"] = resolve_device(settings.get("device", "auto"), device)
     try:
         config = with_preset(preset, **settings).validate()
     except UserError as error:
-        raise ProtocolError(str(error), _field_named_in(str(error))) from None
-    except TypeError as error:  # a table field GenerateConfig lacks: the two have drifted apart
-        raise ProtocolError(f"this backend cannot take the request ({error}): update the backend", None) from None
+        raise ProtocolError(str(error), error.field) from None
     check_device_exists(config.device)
     return config
 
@@ -50,8 +52,3 @@ def check_device_exists(device: str) -> None:
     problem = cuda_device_problem(device)
     if problem:
         raise ProtocolError(problem, "device")
-
-
-def _field_named_in(message: str) -> str | None:
-    """The first request field a UserError message mentions (they start with the field's name)."""
-    return next((word for word in re.findall(r"[a-z_]+", message) if word in REQUEST_FIELDS), None)

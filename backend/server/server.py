@@ -16,13 +16,12 @@ from typing import Any, Callable
 
 import zmq
 
-from shared.protocol import (DEFAULT_HOST, DEFAULT_PORT, HARD_FRAME_LIMIT, MAX_REPLY_BYTES, MAX_REQUEST_BYTES,
-                             MAX_REQUEST_FRAMES, PRESETS, ProtocolError, check_version, pack, parse_header,
-                             validate_command, validate_request)
+from shared.protocol import (DEFAULT_HOST, DEFAULT_PORT, HARD_FRAME_LIMIT, MAX_MESH_BYTES, MAX_MESH_FACES,
+                             MAX_REPLY_BYTES, MAX_REQUEST_BYTES, MAX_REQUEST_FRAMES, PRESETS, ProtocolError,
+                             check_version, decode_mesh, pack, parse_header, validate_command, validate_request)
 from shared.version import PROTOCOL_VERSION, __version__
 
 from ..errors import UserError
-from .cli import MAX_QUEUED, WORKER_NICE
 from .datadir import check_writable, write_problem
 from .executor import JobExecutor, ProcessExecutor
 from .job_process import TrainFn, WorkerOptions
@@ -32,6 +31,8 @@ from .prior_cache import Loader
 from .publish import EventBus
 from .requests import config_from_request, default_device, resolve_device
 from .security import ServerKeys, check_bind, secure_socket, start_authenticator
+from .defaults import MAX_QUEUED, WORKER_NICE
+from .uploads import SOURCE_MESH_NAME, mesh_arrays, npz_bytes, warm_up
 from .worker import DeviceWorker, RunSettings
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ class Server:
         except BaseException:
             self._close_sockets()
             raise
+        # The first mesh upload would otherwise import the mesh checks (and torch with them) on this
+        # loop's thread, for seconds: start that import now, on the side.
+        threading.Thread(target=warm_up, name="distill3d-warm-up", daemon=True).start()
         self.bus = EventBus(self._context, f"inproc://distill3d-events-{id(self)}")
         self.store = JobStore(self.data_dir, on_state=self._announce_state)
         self.settings = RunSettings(self.device, **self._run_options)
@@ -249,13 +253,17 @@ class Server:
         try:
             if not body:
                 raise ProtocolError("the request has no header frame: send a JSON header", "header")
-            if len(body) > MAX_REQUEST_FRAMES or sum(len(frame) for frame in body) > MAX_REQUEST_BYTES:
-                raise ProtocolError(f"the request is larger than {MAX_REQUEST_BYTES} bytes or {MAX_REQUEST_FRAMES} "
-                                    "frames: requests carry settings only", None, "too_large")
+            if (len(body) > MAX_REQUEST_FRAMES or len(body[0]) > MAX_REQUEST_BYTES
+                    or sum(len(frame) for frame in body[1:]) > MAX_MESH_BYTES):
+                raise ProtocolError(f"the request is larger than {MAX_REQUEST_BYTES} bytes of header, "
+                                    f"{MAX_REQUEST_FRAMES} frames or a {MAX_MESH_FACES:,}-triangle mesh: requests "
+                                    "carry settings and at most one mesh", None, "too_large")
             header = parse_header(body[0])
             request_id = header.get("id") if type(header.get("id")) is int and 0 <= header["id"] < 2**63 else None
             check_version(header.get("v"), sender="client")
             cmd, args = validate_command(header)
+            if cmd == "submit":  # the only command with binary frames: a mesh's buffers
+                args["frames"] = body[1:]
             result, binary = getattr(self, f"_cmd_{cmd}")(**args)
             reply = pack({"id": request_id, "ok": True, "result": result}, *binary)
         except ProtocolError as error:
@@ -278,16 +286,20 @@ class Server:
                 "running": [job.job_id for job in (w.current for w in self._workers.values()) if job is not None],
                 "queued": sum(w.queued() for w in self._workers.values())}, []
 
-    def _cmd_submit(self, request: dict[str, Any]) -> tuple[dict, list]:
+    def _cmd_submit(self, request: dict[str, Any], mesh: dict[str, Any] | None = None,
+                    frames: list[bytes] = ()) -> tuple[dict, list]:
         fields = validate_request(request)
-        config = config_from_request(fields, self.device, self._run_options["coarse_mesh_every"])
+        upload = decode_mesh(mesh, list(frames))
+        files = {} if upload is None else {SOURCE_MESH_NAME: npz_bytes(mesh_arrays(upload))}
+        config = config_from_request(fields, self.device, self._run_options["coarse_mesh_every"],
+                                     SOURCE_MESH_NAME if files else None)
         self.models.resolve(config.prior)
         waiting = sum(w.queued() for w in self._workers.values())
         if waiting >= self.max_queued:
             raise ProtocolError(f"the backend's queue is full ({waiting} jobs waiting): wait for some to finish or "
                                 "cancel queued ones, then submit again", "queue", "unavailable")
         try:
-            job = self.store.create(fields, config.to_dict(), config.device)
+            job = self.store.create(fields, config.to_dict(), config.device, files)
         except OSError as error:
             raise ProtocolError(f"{write_problem(error)}, so it cannot take the job: submit it again once the "
                                 "backend's operator has freed space or fixed the folder", "data_dir",

@@ -123,12 +123,6 @@ class Client:
             self._events.setsockopt(zmq.SUBSCRIBE, topic)
             self._topics.add(topic)
 
-    def unsubscribe(self, job_id: str | None = None) -> None:
-        topic = event_topic(self._job_id(job_id))
-        if self._events is not None and topic in self._topics:
-            self._events.setsockopt(zmq.UNSUBSCRIBE, topic)
-            self._topics.discard(topic)
-
     def poll_events(self, max_events: int = 100, timeout_s: float = 0.0) -> list[dict]:
         """The events waiting now, oldest first; never blocks (unless timeout_s > 0: then it waits
         up to that long for the first event). Events published while nobody read them may be

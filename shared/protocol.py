@@ -377,7 +377,7 @@ def event_topic(job_id: str | None) -> bytes:
 
 
 # Binary frames of each event type, in order. Mesh buffers are little-endian: vertices float32 [V, 3]
-# (backend world, +Z up), faces int32 [F, 3], colors uint8 RGB [V, 3].
+# (glTF's frame: +Y up, front +Z; docs/frames.md), faces int32 [F, 3], colors uint8 RGB [V, 3].
 EVENT_FRAMES = {"preview": ("png",), "mesh": ("vertices", "faces", "colors")}
 
 

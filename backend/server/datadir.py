@@ -94,14 +94,14 @@ FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def write_problem(error: OSError) -> str:
-    """What a failed write means for the data folder, as the start of a sentence."""
+def write_problem(error: OSError, folder: str = "the backend's data folder") -> str:
+    """What a failed write means for `folder` (how the sentence names it), as the start of a sentence."""
     reason = error.strerror or type(error).__name__
     if error.errno in FULL:
-        return f"the backend's data folder is full ({reason})"
+        return f"{folder} is full ({reason})"
     if error.errno in READ_ONLY:
-        return f"the backend's data folder is read-only ({reason})"
-    return f"the backend cannot write to its data folder ({reason})"
+        return f"{folder} is read-only ({reason})"
+    return f"{folder} cannot be written ({reason})"
 
 
 def check_writable(data_dir: Path) -> Path:
@@ -115,6 +115,6 @@ def check_writable(data_dir: Path) -> Path:
     except OSError as error:
         fix = ("free some space or pass --data-dir on another disk" if error.errno in FULL else
                "make it writable or pass --data-dir a writable folder")
-        raise UserError(f"{write_problem(error).replace('the backend', 'the', 1)}: {data_dir} cannot hold "
+        raise UserError(f"{write_problem(error, 'the data folder')}: {data_dir} cannot hold "
                         f"jobs; {fix}") from None
     return jobs.resolve()

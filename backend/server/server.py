@@ -18,7 +18,7 @@ import zmq
 
 from shared.protocol import (DEFAULT_HOST, DEFAULT_PORT, HARD_FRAME_LIMIT, MAX_MESH_BYTES, MAX_MESH_FACES,
                              MAX_REPLY_BYTES, MAX_REQUEST_BYTES, MAX_REQUEST_FRAMES, PRESETS, ProtocolError,
-                             check_version, decode_mesh, pack, parse_header, validate_command, validate_request)
+                             check_version, decode_mesh, pack, parse_header, validate_command)
 from shared.version import PROTOCOL_VERSION, __version__
 
 from ..errors import UserError
@@ -288,7 +288,7 @@ class Server:
 
     def _cmd_submit(self, request: dict[str, Any], mesh: dict[str, Any] | None = None,
                     frames: list[bytes] = ()) -> tuple[dict, list]:
-        fields = validate_request(request)
+        fields = request  # checked by validate_command (shared.protocol COMMANDS["submit"])
         upload = decode_mesh(mesh, list(frames))
         files = {} if upload is None else {SOURCE_MESH_NAME: npz_bytes(mesh_arrays(upload))}
         config = config_from_request(fields, self.device, self._run_options["coarse_mesh_every"],

@@ -139,14 +139,7 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
     config, prior, method = prior_and_method(config, device, prior, on_event)
     model = NeRFModel(nerf_settings(config), device=device).to(device)
     optimizer = make_optimizer(model, config)
-    start_step, elapsed_before = 0, 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        method.load_state_dict(state["method"])
-        generator.set_state(state["generator"])
-        start_step, elapsed_before = state["step"], state.get("elapsed_s", 0.0)
-        on_event(Log("info", f"resumed from {checkpoint_path} at step {start_step}"))
+    start_step, elapsed_before = restore(state, model, optimizer, method, generator, on_event, checkpoint_path)
     guide = shape_guide.prepare(model, config, fresh=state is None)  # source "shape": start from the mesh
 
     def checkpoint(step: int, elapsed: float) -> None:
@@ -165,30 +158,10 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
             stopped = True
             break
         wall = time.perf_counter()
-        marks = [timer.mark()]
         model.set_active_levels(active_levels(step, config))
         if step % config.occupancy_every == 0:
             model.update_occupancy()
-
-        cameras = sample_cameras(config.batch_size, config.resolution, config.resolution, generator)
-        lights = sample_light_positions(cameras, generator).to(device, non_blocking=True)
-        cameras = cameras.to(device)
-        shading = shading_for_step(step, config, generator)
-        render = model.render(cameras, shading, lights)
-        rgb, background = augment_background(render, config.random_background_prob, generator)
-        x = prior.encode(rgb.permute(0, 3, 1, 2))
-        marks.append(timer.mark())
-
-        out = method.gradient(x.detach(), step, make_view(cameras, shading, lights, render.opacity, background))
-        marks.append(timer.mark())
-
-        loss, loss_sd = total_loss(x, out.grad.to(x.dtype), render, step, config, guide=guide, generator=generator)
-        optimizer.found_inf = guard.check(out.grad, loss)  # a bad step changes nothing (fused Adam skips it)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        marks.append(timer.mark())
-        timer.add(marks)
+        out, loss_sd = distill_step(model, prior, method, optimizer, step, config, generator, timer, guard, guide)
 
         done = step + 1
         recent = (recent + [time.perf_counter() - wall])[-20:]
@@ -202,14 +175,7 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
         it_per_s = len(recent) / max(sum(recent), 1e-9)
         on_event(Progress(step=done, total=config.steps, t=int(out.t), loss=loss_value, it_per_s=it_per_s,
                           eta_s=(config.steps - done) / it_per_s))
-        if previewing:
-            image = to_uint8(render_views(model, 1, config.resolution, device)[0])
-            save_png(image, out_dir / "previews" / f"step_{done:05d}.png")
-            on_event(Preview(step=done, image=image))
-        if config.coarse_mesh_every and done % config.coarse_mesh_every == 0:
-            from .export import coarse_mesh
-            vertices, faces, colors = coarse_mesh(model, threshold=config.mesh_threshold)
-            on_event(CoarseMesh(step=done, vertices=vertices, faces=faces, colors=colors))
+        live_outputs(model, config, done, previewing, out_dir, on_event)
         if checkpointing:
             checkpoint(done, elapsed_before + time.perf_counter() - run_start)
     else:
@@ -228,6 +194,61 @@ def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignor
     result.outputs.update(outputs)
     on_event(Finished(outputs={k: str(v) for k, v in result.outputs.items()}))
     return result
+
+
+def restore(state: dict | None, model, optimizer, method, generator: torch.Generator, on_event: EventCallback,
+            checkpoint_path: Path) -> tuple[int, float]:
+    """Load a saved state into the run's parts; (the step to start from, the seconds already spent)."""
+    if state is None:
+        return 0, 0.0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    method.load_state_dict(state["method"])
+    generator.set_state(state["generator"])
+    on_event(Log("info", f"resumed from {checkpoint_path} at step {state['step']}"))
+    return state["step"], state.get("elapsed_s", 0.0)
+
+
+def distill_step(model: NeRFModel, prior: Prior, method, optimizer, step: int, config: GenerateConfig,
+                 generator: torch.Generator, timer: StepTimer, guard: NaNGuard, guide):
+    """One step: cameras -> render -> the prior's space -> the method's gradient -> Adam. Returns the
+    method's output and the score-distillation loss (on the device, read later)."""
+    device = next(model.parameters()).device
+    marks = [timer.mark()]
+    cameras = sample_cameras(config.batch_size, config.resolution, config.resolution, generator)
+    lights = sample_light_positions(cameras, generator).to(device, non_blocking=True)
+    cameras = cameras.to(device)
+    shading = shading_for_step(step, config, generator)
+    render = model.render(cameras, shading, lights)
+    rgb, background = augment_background(render, config.random_background_prob, generator)
+    x = prior.encode(rgb.permute(0, 3, 1, 2))
+    marks.append(timer.mark())
+
+    out = method.gradient(x.detach(), step, make_view(cameras, shading, lights, render.opacity, background))
+    marks.append(timer.mark())
+
+    loss, loss_sd = total_loss(x, out.grad.to(x.dtype), render, step, config, guide=guide, generator=generator)
+    optimizer.found_inf = guard.check(out.grad, loss)  # a bad step changes nothing (fused Adam skips it)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    marks.append(timer.mark())
+    timer.add(marks)
+    return out, loss_sd
+
+
+def live_outputs(model: NeRFModel, config: GenerateConfig, done: int, previewing: bool, out_dir: Path,
+                 on_event: EventCallback) -> None:
+    """The preview picture and the live coarse mesh, when their step has come."""
+    if previewing:
+        device = next(model.parameters()).device
+        image = to_uint8(render_views(model, 1, config.resolution, device)[0])
+        save_png(image, out_dir / "previews" / f"step_{done:05d}.png")
+        on_event(Preview(step=done, image=image))
+    if config.coarse_mesh_every and done % config.coarse_mesh_every == 0:
+        from .export import coarse_mesh
+        vertices, faces, colors = coarse_mesh(model, threshold=config.mesh_threshold)
+        on_event(CoarseMesh(step=done, vertices=vertices, faces=faces, colors=colors))
 
 
 def read_guard(guard: NaNGuard, loss_sd: torch.Tensor, step: int, on_event: EventCallback, save) -> float:

@@ -13,15 +13,16 @@ installed, so a second run starts at once and a changed pyproject.toml triggers 
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import venv
 from pathlib import Path
 
+from shared.checkout import VENV_DIR, venv_python  # standard library only, like this script
+
 ROOT = Path(__file__).resolve().parent
-VENV = ROOT / ".venv"
-PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+VENV = ROOT / VENV_DIR
+PYTHON = venv_python(ROOT)
 
 
 def run(*args: str | Path, **kwargs) -> int:

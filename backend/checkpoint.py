@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from shared.results import CHECKPOINT
+
 from .errors import UserError
 from .fileio import write_with
 
@@ -21,13 +23,17 @@ def save_checkpoint(path: Path, **state: Any) -> Path:
     return write_with(path, lambda temp: torch.save({"format": FORMAT, **state}, temp))
 
 
+IF_CORRUPT = "start the run again from the beginning (delete the file, or resubmit the job)"
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
-                    if_corrupt: str = "delete it and run again") -> dict[str, Any]:
-    """The saved state. `if_corrupt` is the advice in the error for a corrupt file: the caller knows
-    what its user can do (e.g. the CLI's "start the run again without --resume")."""
+                    if_corrupt: str = IF_CORRUPT) -> dict[str, Any]:
+    """The saved state. `if_corrupt` is the advice in the error for a corrupt file. The default is
+    one a command-line user and a server user can both follow; a caller that knows its user better
+    passes its own (e.g. the CLI's "start the run again without --resume")."""
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        path = path / CHECKPOINT
     if not path.exists():
         raise UserError(f"no checkpoint at {path}: give the checkpoint.pt of a run (or its folder)")
     try:

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--texture-size", type=int, help="texture width = height in pixels (default: the run's)")
     exp.add_argument("--smooth", action=argparse.BooleanOptionalAction,
                      help="Taubin-smooth before decimating (default: the run's)")
+    exp.add_argument("--denoise", action=argparse.BooleanOptionalAction,
+                     help="feature-preserving smoothing: flat faces flat, edges sharp (default: the run's)")
     exp.add_argument("--normal-map", action=argparse.BooleanOptionalAction,
                      help="bake the full-resolution surface into a tangent-space normal map for the decimated "
                           "mesh, e.g. with --faces 5000 (default: the run's)")
@@ -207,7 +209,8 @@ def cmd_export(args) -> int:
     ckpt = args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent
     out = args.out or ckpt
     flags = dict(resolution=args.resolution, threshold=args.threshold, face_budget=args.faces,
-                 texture_size=args.texture_size, smooth=args.smooth, normal_map=args.normal_map)
+                 texture_size=args.texture_size, smooth=args.smooth, denoise=args.denoise,
+                 normal_map=args.normal_map)
     settings = {**settings_of(config), **{k: v for k, v in flags.items() if v is not None}}
     if args.threshold == "auto":   # also for a checkpoint saved with a fixed level
         settings["threshold"] = None

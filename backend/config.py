@@ -4,6 +4,11 @@
 stay there), so the CLI, the Python API, the server, batch and the Blender panel all see one set of
 settings. The same dataclass is saved in every checkpoint and report, so a run can be resumed or
 repeated exactly.
+
+A GenerateConfig checks itself when it is built (`__post_init__`) and is frozen, so every one that
+exists is valid: each boundary (the protocol, the CLI, a batch spec, a stored request) builds one
+once, and everything past it passes that config on without checking again (docs/design.md, section 6).
+A changed copy (`dataclasses.replace`) is built, so it is checked too.
 """
 from __future__ import annotations
 
@@ -31,16 +36,18 @@ class _RunSettings:
             hash_levels_after=fraction(0.2) if self.hash_levels_after is None else self.hash_levels_after,
         )
 
-    def validate(self) -> "GenerateConfig":
-        """Raise UserError naming the first bad field and its allowed range; return self."""
+    def __post_init__(self) -> None:
+        """Raise UserError naming the first bad field and its allowed range."""
         try:
             validate_request(self.to_dict(), RUN_FIELDS)
         except ProtocolError as error:
             raise UserError(error.message, error.field) from None
+        self._check_source()
+
+    def _check_source(self) -> None:
         if self.source != "new" and not self.source_mesh:
             raise UserError(f"source {self.source!r} needs a mesh: give its file (.glb or .obj) as source_mesh "
                             "(--shape MESH, or `python -m backend texture MESH`)", "source_mesh")
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,7 +72,7 @@ def _dataclass_field(name: str, spec: Field) -> tuple:
 
 GenerateConfig = make_dataclass(
     "GenerateConfig", [_dataclass_field(name, spec) for name, spec in RUN_FIELDS.items()], bases=(_RunSettings,),
-    namespace={"__doc__": "One run's settings: the fields of shared/schema.py RUN_FIELDS, with their defaults.",
+    frozen=True, namespace={"__doc__": "One run's settings: the fields of shared/schema.py RUN_FIELDS, with their defaults.",
                "__module__": __name__})
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from shared.results import CHECKPOINT, MESH, REPORT, TURNTABLE
 from shared.version import __version__
 from .cameras import turntable_cameras
 from .config import GenerateConfig
@@ -44,26 +45,33 @@ def finish(config: GenerateConfig, model: NeRFModel, prior: Prior, out_dir: Path
            timings: dict, elapsed: float, steps_done: int, on_event: EventCallback) -> tuple[dict[str, Path], dict]:
     """Turntable, mesh and report of a finished run: (the files written by name, the report)."""
     model.eval()
-    outputs: dict[str, Path] = {}
     views = render_views(model, TURNTABLE_VIEWS, turntable_size(config.resolution), device)
-    outputs["turntable.png"] = save_png(grid(list(views), columns=TURNTABLE_VIEWS // 2), out_dir / "turntable.png")
+    outputs: dict[str, Path] = {TURNTABLE: save_turntable(views, out_dir)}
     export_stats: dict = {}
     if config.export_mesh:
-        from .export import export_mesh
+        from .export import export_mesh, settings_of
         try:
-            exported = export_mesh(model, out_dir, resolution=config.mesh_resolution, face_budget=config.face_budget,
-                                   texture_size=config.texture_size, smooth=config.mesh_smooth,
-                                   threshold=config.mesh_threshold, normal_map=config.normal_map)
+            exported = export_mesh(model, out_dir, **settings_of(config))
             outputs.update(exported.paths)
             export_stats = exported.stats
         except UserError as error:  # keep the run's other results; the mesh can be re-exported later
             export_stats = {"error": str(error)}
             on_event(Log("warning", f"mesh export failed: {error} Re-export with: python -m backend export "
-                                    f"{out_dir / 'checkpoint.pt'} --threshold LOWER"))
+                                    f"{out_dir / CHECKPOINT} --threshold LOWER"))
     report = build_report(config, prior, model, device, timings, elapsed, steps_done, export_stats,
-                          outputs.get("mesh.glb"))
-    outputs["report.json"] = write_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=str))
+                          outputs.get(MESH))
+    outputs[REPORT] = write_report(report, out_dir)
     return outputs, report
+
+
+def save_turntable(views: torch.Tensor, out_dir: Path) -> Path:
+    """The TURNTABLE_VIEWS views [n, H, W, 3] as one grid picture, two rows (turntable.png)."""
+    return save_png(grid(list(views), columns=TURNTABLE_VIEWS // 2), out_dir / TURNTABLE)
+
+
+def write_report(report: dict, out_dir: Path) -> Path:
+    """report.json, written atomically (values JSON cannot hold, as their str)."""
+    return write_atomic(out_dir / REPORT, json.dumps(report, indent=2, default=str))
 
 
 def peak_memory_mb(device: torch.device) -> dict:

@@ -17,7 +17,7 @@ import torch
 from .cameras import front_camera
 from .devices import resolve_device
 from .errors import UserError
-from .methods import METHODS, GradientOutput, Method, ddim_sample, gradient_loss, guidance_scale, make_method
+from .methods import METHOD_CLASSES, GradientOutput, Method, ddim_sample, gradient_loss, guidance_scale, make_method
 from .methods.base import weight
 from .priors.base import Prior, View
 
@@ -119,7 +119,7 @@ def distill_image(prior: Prior, method: Method, steps: int | None = None, view: 
     return x.detach()
 
 
-def compare_2d(prior: Prior, methods: Sequence[str] = tuple(METHODS), steps: int = 500, seed: int = 0,
+def compare_2d(prior: Prior, methods: Sequence[str] = tuple(METHOD_CLASSES), steps: int = 500, seed: int = 0,
                lr: float | None = None, cfg: dict[str, float] | None = None, ddim_steps: int = 50,
                device: torch.device | str = "cpu", prompt: str | None = None,
                negative: str | None = None, optimizer: str | None = None) -> dict[str, torch.Tensor]:
@@ -170,7 +170,7 @@ def distill_prompt_image(prompt: str, method: str = "sds", steps: int = 500, res
 
 
 def compare_methods(prompt: str, prior: Prior | str | None = None, steps: int = 500, resolution: int = 64,
-                    seed: int = 0, device: torch.device | str = "cpu", methods: Sequence[str] = tuple(METHODS),
+                    seed: int = 0, device: torch.device | str = "cpu", methods: Sequence[str] = tuple(METHOD_CLASSES),
                     negative: str | None = None) -> np.ndarray:
     """Every method and DDIM from one seed, decoded side by side (`python -m backend compare`), each
     labelled with its RMS distance per value to the DDIM sample of the same noise (FSD's should be

@@ -10,12 +10,13 @@ import torch.nn.functional as F
 from .methods.base import gradient_loss  # the surrogate carrying g: d loss / d x = g / B
 
 
-def orientation_loss(weights: torch.Tensor, normals: torch.Tensor, view_dirs: torch.Tensor, n_rays: int) -> torch.Tensor:
-    """DreamFusion's orientation penalty, sum_i stop_grad(w_i) max(0, n_i . d_i)^2 per ray, mean over
-    all rays: it penalises normals that face away from the camera (d is the ray direction, camera ->
-    point). Per-sample weights [S], normals [S, 3], directions [S, 3]."""
-    facing_away = F.relu((normals * view_dirs).sum(-1))
-    return (weights.detach() * facing_away ** 2).sum() / n_rays
+def orientation_loss(render) -> torch.Tensor:
+    """DreamFusion's orientation penalty of a render (backend.nerf RenderOutput), sum_i stop_grad(w_i)
+    max(0, n_i . d_i)^2 per ray, mean over all rays: it penalises normals that face away from the camera
+    (d is the ray direction, camera -> point). Reads the per-sample weights [S], normals [S, 3] and ray
+    directions [S, 3]; the number of rays is the pixels of render.opacity [B, H, W, 1]."""
+    facing_away = F.relu((render.normals * render.view_dirs).sum(-1))
+    return (render.weights.detach() * facing_away ** 2).sum() / render.opacity[..., 0].numel()
 
 
 def sparsity_loss(opacity: torch.Tensor) -> torch.Tensor:
@@ -35,7 +36,7 @@ def total_loss(x: torch.Tensor, g: torch.Tensor, render, step: int, config, guid
     guide of a run started from a mesh (backend/shape_guide.py ShapeGuide), drawing its points from
     `generator`."""
     loss_sd = gradient_loss(x, g)
-    loss = loss_sd + orientation_weight(step, config) * render.orientation_loss
+    loss = loss_sd + orientation_weight(step, config) * orientation_loss(render)
     if config.lambda_sparsity > 0:
         loss = loss + config.lambda_sparsity * sparsity_loss(render.opacity)
     shape = guide(step, generator) if guide is not None else None

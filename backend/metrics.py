@@ -238,13 +238,32 @@ def _region_stats(signed: np.ndarray, angle: np.ndarray, completeness: np.ndarra
             "completeness": float(completeness.mean()) if len(completeness) else None}
 
 
-def _cube_flat_share(points: np.ndarray, normals: np.ndarray) -> float:
-    """Share of the samples whose normal is within FLAT_DEGREES of the cube face they sit on (the
-    face of the axis along which the point lies furthest out: the cube is axis-aligned)."""
+def _cube_faces(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The outward normal [N, 3] of the cube face each point sits on (the face of the axis along which
+    the point lies furthest out: the cube is axis-aligned), and that face's index [N] in CUBE_FACES."""
     axis = np.abs(points).argmax(axis=1)
+    sign = np.sign(points[np.arange(len(points)), axis])
     face = np.zeros_like(points)
-    face[np.arange(len(points)), axis] = np.sign(points[np.arange(len(points)), axis])
-    return float((_angles(normals, face) <= FLAT_DEGREES).mean())
+    face[np.arange(len(points)), axis] = sign
+    return face, 2 * axis + (sign > 0)
+
+
+CUBE_FACES = ("-x", "+x", "-y", "+y", "-z", "+z")   # -z: the underside
+
+
+def _cube_flat_share(points: np.ndarray, normals: np.ndarray) -> float:
+    """Share of the samples whose normal is within FLAT_DEGREES of the cube face they sit on."""
+    return float((_angles(normals, _cube_faces(points)[0]) <= FLAT_DEGREES).mean())
+
+
+def cube_face_flatness(points: np.ndarray, normals: np.ndarray) -> dict:
+    """Per cube face (CUBE_FACES): the share of its samples within FLAT_DEGREES of its normal and
+    their mean normal error in degrees, so the underside (-z) can be compared with the other five."""
+    target, index = _cube_faces(points)
+    angle = _angles(normals, target)
+    return {name: {"flat_share": float((angle[index == k] <= FLAT_DEGREES).mean()),
+                   "normal_error_mean": float(angle[index == k].mean())}
+            for k, name in enumerate(CUBE_FACES) if (index == k).any()}
 
 
 def mesh_iou(vertices: np.ndarray, faces: np.ndarray, obj: CatalogObject, resolution: int = 64) -> float:
@@ -253,11 +272,7 @@ def mesh_iou(vertices: np.ndarray, faces: np.ndarray, obj: CatalogObject, resolu
     from .export.raster import mesh_occupancy
 
     points = grid_points(resolution)
-    # A ray through a mesh edge exactly counts its crossing twice or not at all, which flips the
-    # parity of a whole row (a box's diagonal, the symmetric rows of a marching-cubes mesh): a shift
-    # far below a cell moves every edge off the ray grid.
-    shifted = np.asarray(vertices, np.float64) + np.array([0.0, 1.234567e-5, 2.345678e-5])
-    inside = mesh_occupancy(shifted, faces, points[:resolution, 2].numpy()).reshape(-1)
+    inside = mesh_occupancy(np.asarray(vertices, np.float64), faces, points[:resolution, 2].numpy()).reshape(-1)
     return volume_iou(torch.from_numpy(inside), evaluate(obj.sdf, points) < 0)
 
 
@@ -269,8 +284,9 @@ def surface_metrics(vertices: np.ndarray, faces: np.ndarray, obj: CatalogObject,
     completeness (mean distance of true surface samples to the mesh), F-score at tau, normal error
     (degrees between the face normal and the SDF gradient at each sample, so area-weighted; and per
     face at the centroid, unweighted), the area share within FLAT_DEGREES, for the cube the share
-    within FLAT_DEGREES of its own face, volume IoU, and the same by region: bottom (the lowest
-    BOTTOM_SHARE of the object's height), top and sides. docs/quality.md, "Surface"."""
+    within FLAT_DEGREES of its own face (and per face, under "faces"), volume IoU, and the same by
+    region: bottom (the lowest BOTTOM_SHARE of the object's height), top and sides. docs/quality.md,
+    "Surface"."""
     vertices, faces = np.asarray(vertices, np.float64), np.asarray(faces, np.int64)
     samples, face = sample_mesh(vertices, faces, n, seed)
     normals = face_normals(vertices, faces)
@@ -303,4 +319,5 @@ def surface_metrics(vertices: np.ndarray, faces: np.ndarray, obj: CatalogObject,
     }
     if obj.shape == "cube":
         result["flat_share"] = _cube_flat_share(samples, normals[face])
+        result["faces"] = cube_face_flatness(samples, normals[face])
     return result

@@ -10,8 +10,8 @@ M_MMAP_MAX = -4  # glibc mallopt parameter
 
 def tune_allocator() -> None:
     """Serve large allocations from the heap instead of fresh mmap'd pages. On these VMs every
-    >32 MB tensor otherwise comes back as new pages whose faults are very slow: one 64x64 render
-    took 16-30 s with mmap and 0.56 s without (bench/bench_render.py --no-mmap). Linux/glibc only;
+    >32 MB tensor otherwise comes back as new pages whose faults are very slow (the figure:
+    docs/quality.md, "Figures behind design choices"). Linux/glibc only;
     a no-op elsewhere. Safe to call more than once."""
     if not sys.platform.startswith("linux"):
         return

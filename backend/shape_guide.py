@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .nerf.shape_start import sample_grid
+
 GRID_RESOLUTION = 64      # SDF grid nodes per axis over [-1, 1]^3 (node spacing 2/63)
 SHELL = 0.025             # outside the mesh the start's density falls from the surface level to < 1 over this
 NEAR_CELLS = 4            # exact distances within this many node spacings of the surface
@@ -179,15 +181,6 @@ def shape_grid(sdf: torch.Tensor) -> torch.Tensor:
     return torch.stack([sdf, *torch.gradient(sdf, spacing=spacing)])
 
 
-def sample_grid(grid: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Trilinear samples [N, C] of a grid [C, R, R, R] (x-major) at points [N, 3] in [-1, 1]^3; points
-    outside take the border value."""
-    # grid_sample reads its coordinates as (W, H, D) = (last, middle, first) axis: hence the flip.
-    coords = points.to(grid.dtype).flip(-1).view(1, -1, 1, 1, 3)
-    samples = F.grid_sample(grid[None], coords, mode="bilinear", padding_mode="border", align_corners=True)
-    return samples.view(grid.shape[0], -1).t()
-
-
 def bias_settings(level: float) -> torch.Tensor:
     """[level_raw, slope, floor, ceiling] of the start's density bias clamp(level_raw - slope sdf, floor,
     ceiling): density `level` on the mesh (softplus(level_raw) = level), 2 level inside from SHELL deep,
@@ -198,16 +191,6 @@ def bias_settings(level: float) -> torch.Tensor:
     level = max(level, MIN_LEVEL)
     level_raw = softplus_inverse(level)
     return torch.tensor([level_raw, level_raw / SHELL, -10.0, softplus_inverse(2.0 * level)])
-
-
-def shape_bias(grid: torch.Tensor, settings: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(bias [N], d bias / d point [N, 3]) of the field's shape start at points [N, 3]: the blob's
-    replacement (bias_settings)."""
-    sampled = sample_grid(grid, points.detach()).to(points.dtype)
-    level_raw, slope, floor, ceiling = settings[:4].to(points.dtype).unbind()
-    raw = level_raw - slope * sampled[:, 0]
-    free = ((raw > floor) & (raw < ceiling)).to(points.dtype)
-    return raw.clamp(floor, ceiling), -slope * free[:, None] * sampled[:, 1:]
 
 
 # ---------------------------------------------------------------------------------------------------

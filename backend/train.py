@@ -1,8 +1,10 @@
 """The distillation loop: camera -> render -> method(prior) -> gradient on the render -> Adam step.
 
-One function, `train`, used by the CLI, the Python API and the server. It reports through
-`on_event` (backend.events), stops cleanly when `should_stop()` turns true (checkpoint written), and
-writes into `out_dir`: previews/step_NNNNN.png and checkpoint.pt, then (backend.finish)
+`Trainer` holds one run and steps it (step, read-back, checkpoint, preview, finish); `train` drives
+a Trainer to the end (`run_to_end`, which texture mode's TextureTrainer shares) and is what the CLI, the
+Python API, the server's job process and batch call. It
+reports through `on_event` (backend.events), stops cleanly when `should_stop()` turns true (checkpoint
+written), and writes into `out_dir`: previews/step_NNNNN.png and checkpoint.pt, then (backend.finish)
 turntable.png, report.json and the exported mesh files.
 
 A step never waits for the device: the NaN guard and the loss live on the device and are read every
@@ -18,16 +20,19 @@ from pathlib import Path
 
 import torch
 
+from shared.results import CHECKPOINT
+
 from .cameras import sample_cameras, sample_light_positions
 from .checkpoint import load_checkpoint, nerf_settings, save_checkpoint
 from .config import GenerateConfig
 from .devices import resolve_device
 from .errors import UserError
 from .events import CoarseMesh, EventCallback, Finished, Log, Preview, Progress, StopCheck, ignore_event, never_stop
-from .finish import finish, ground_truth_metrics, render_views  # noqa: F401  (ground_truth_metrics: public here)
+from .finish import ground_truth_metrics  # noqa: F401  (public here)
+from .finish import finish as finish_run, render_views
 from . import shape_guide
 from .losses import total_loss
-from .methods import guidance_scale, make_method
+from .methods import GradientOutput, guidance_scale, make_method
 from .nan_guard import MAX_BAD_STEPS, NaNGuard
 from .nerf import NeRFModel
 from .pictures import save_png, to_uint8
@@ -92,7 +97,7 @@ def resume_state(config: GenerateConfig, out_dir: Path, device: torch.device, re
                  same: tuple[str, ...]) -> tuple[Path, dict | None]:
     """(the run's checkpoint path, its saved state when resuming, else None). A checkpoint whose
     settings named in `same` differ from config's is refused: it belongs to another run."""
-    checkpoint_path = out_dir / "checkpoint.pt"
+    checkpoint_path = out_dir / CHECKPOINT
     state = load_checkpoint(checkpoint_path, map_location=device) if resume else None
     for key in same if state is not None else ():
         if state["config"].get(key) != getattr(config, key):
@@ -126,129 +131,220 @@ def make_optimizer(model, config: GenerateConfig) -> torch.optim.Adam:
     ], betas=(0.9, 0.99), eps=1e-15, fused=True)  # fused: one pass per tensor, and found_inf (NaNGuard)
 
 
-def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignore_event,
-          should_stop: StopCheck = never_stop, prior: Prior | None = None, resume: bool = False) -> TrainResult:
-    """Run (or resume) one text-to-3D distillation. See the module docstring."""
-    config = config.validate().resolved()
-    tune_allocator()
-    out_dir = prepare_output(out_dir)
-    device = resolve_device(config.device)
-    checkpoint_path, state = resume_state(config, out_dir, device, resume, ("prompt",))
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    config, prior, method = prior_and_method(config, device, prior, on_event)
-    model = NeRFModel(nerf_settings(config), device=device).to(device)
-    optimizer = make_optimizer(model, config)
-    start_step, elapsed_before = restore(state, model, optimizer, method, generator, on_event, checkpoint_path)
-    guide = shape_guide.prepare(model, config, fresh=state is None)  # source "shape": start from the mesh
+class Trainer:
+    """One run's state, stepped from outside: the CLI, the server and batch drive it through `train`
+    (below); a caller that interleaves its own work between steps drives it itself:
 
-    def checkpoint(step: int, elapsed: float) -> None:
-        save_checkpoint(checkpoint_path, config=config.to_dict(), step=step, elapsed_s=elapsed,
-                        model=model.state_dict(), optimizer=optimizer.state_dict(),
-                        method=method.state_dict(), generator=generator.get_state())
+        trainer = Trainer(config, out_dir, on_event, prior=prior, resume=resume)
+        while not trainer.done:
+            trainer.step()          # one step; reads back, previews and checkpoints when their step comes
+        result = trainer.finish()   # or trainer.stop(): the checkpoint only, to resume later
 
-    timer, guard = StepTimer(device), NaNGuard(device)
-    loss_sd = torch.full((), float("nan"), device=device)
-    loss_value, stopped, read_yet = float("nan"), False, False
-    run_start = time.perf_counter()
-    recent: list[float] = []  # host wall time of the last steps, for it/s
-    step = start_step
-    for step in range(start_step, config.steps):
-        if should_stop():
-            stopped = True
-            break
+    Building one does everything that precedes the first step, in a fixed order, so the random
+    streams (torch's global seed, the loop's generator, the method's) are those of any other run with
+    the same config; resuming restores all three from the checkpoint.
+
+    A kind of run that differs (texture mode: backend/texture/train_texture.py) subclasses it and
+    overrides the hooks: SAME_RUN, _build_model, _before_step, _shading, _loss, _preview_image,
+    coarse_mesh and _finish_outputs."""
+
+    SAME_RUN = ("prompt",)  # the settings a checkpoint must share with the config to be resumed
+
+    def __init__(self, config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignore_event,
+                 prior: Prior | None = None, resume: bool = False):
+        config = config.resolved()  # valid already: a GenerateConfig checks itself when built
+        tune_allocator()
+        self.on_event, self.out_dir = on_event, prepare_output(out_dir)
+        self.device = resolve_device(config.device)
+        self.checkpoint_path, state = resume_state(config, self.out_dir, self.device, resume, self.SAME_RUN)
+        torch.manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.config, self.prior, self.method = prior_and_method(config, self.device, prior, on_event)
+        self.model = self._build_model()
+        self.optimizer = make_optimizer(self.model, self.config)
+        self.step_index, self.elapsed_before = self._restore(state)  # steps done so far
+        self.guide = shape_guide.prepare(self.model, self.config, fresh=state is None)  # source "shape": the mesh
+        self.timer, self.guard = StepTimer(self.device), NaNGuard(self.device)
+        self.loss_sd = torch.full((), float("nan"), device=self.device)  # the last step's, on the device
+        self.loss, self.read_yet = float("nan"), False                    # its last read-back value
+        self.recent: list[float] = []  # host wall time of the last steps, for it/s
+        self.elapsed_s = 0.0           # seconds trained, as of the end (stop or finish)
+        self.run_start = time.perf_counter()
+
+    @property
+    def done(self) -> bool:
+        """Whether every step of config.steps has run."""
+        return self.step_index >= self.config.steps
+
+    def elapsed(self) -> float:
+        """Seconds trained, this run and the ones it resumed."""
+        return self.elapsed_before + time.perf_counter() - self.run_start
+
+    def step(self) -> GradientOutput:
+        """One training step, then what falls due after it: the read-back (every READ_EVERY steps and at
+        the first, the last, a preview or a checkpoint), the Progress event, the preview, the live coarse
+        mesh and the checkpoint. Returns the method's output."""
+        config, step = self.config, self.step_index
         wall = time.perf_counter()
-        model.set_active_levels(active_levels(step, config))
-        if step % config.occupancy_every == 0:
-            model.update_occupancy()
-        out, loss_sd = distill_step(model, prior, method, optimizer, step, config, generator, timer, guard, guide)
-
-        done = step + 1
-        recent = (recent + [time.perf_counter() - wall])[-20:]
+        self._before_step(step)
+        out, self.loss_sd = self._distill(step)
+        self.step_index = done = step + 1
+        self.recent = (self.recent + [time.perf_counter() - wall])[-20:]
         previewing = bool(config.preview_every) and (done % config.preview_every == 0 or done == config.steps)
         checkpointing = bool(config.checkpoint_every) and done % config.checkpoint_every == 0
-        if not read_yet or done % READ_EVERY == 0 or done == config.steps or previewing or checkpointing:
-            loss_value = read_guard(guard, loss_sd, step, on_event,
-                                    lambda: checkpoint(done, elapsed_before + time.perf_counter() - run_start))
-            timer.collect()
-            read_yet = True  # the first step is read too, so no event carries a placeholder loss
-        it_per_s = len(recent) / max(sum(recent), 1e-9)
-        on_event(Progress(step=done, total=config.steps, t=int(out.t), loss=loss_value, it_per_s=it_per_s,
-                          eta_s=(config.steps - done) / it_per_s))
-        live_outputs(model, config, done, previewing, out_dir, on_event)
+        if not self.read_yet or done % READ_EVERY == 0 or done == config.steps or previewing or checkpointing:
+            self.read_back()  # the first step is read too, so no event carries a placeholder loss
+        self.on_event(self.progress(int(out.t)))
+        if previewing:
+            self.preview()
+        if config.coarse_mesh_every and done % config.coarse_mesh_every == 0:
+            self.coarse_mesh()
         if checkpointing:
-            checkpoint(done, elapsed_before + time.perf_counter() - run_start)
-    else:
-        step = config.steps
+            self.checkpoint()
+        return out
 
-    timer.collect()
-    elapsed = elapsed_before + time.perf_counter() - run_start
-    checkpoint(step, elapsed)
-    result = TrainResult(out_dir=out_dir, stopped=stopped)
-    result.outputs["checkpoint.pt"] = checkpoint_path
-    if stopped:
-        on_event(Log("info", f"stopped at step {step}; resume with --resume (checkpoint {checkpoint_path})"))
+    def read_back(self) -> float:
+        """The periodic read (on a GPU, a sync): the NaN guard (a warning for skipped steps; after
+        MAX_BAD_STEPS bad steps in a row, a checkpoint and RuntimeError), the step timings, and the last
+        step's score-distillation loss, which it returns."""
+        self.loss = read_guard(self.guard, self.loss_sd, self.step_index - 1, self.on_event, self.checkpoint)
+        self.timer.collect()
+        self.read_yet = True
+        return self.loss
+
+    def progress(self, t: int) -> Progress:
+        """The Progress event of the step just done (t: its timestep), with the last read-back loss."""
+        it_per_s = len(self.recent) / max(sum(self.recent), 1e-9)
+        return Progress(step=self.step_index, total=self.config.steps, t=t, loss=self.loss, it_per_s=it_per_s,
+                        eta_s=(self.config.steps - self.step_index) / it_per_s)
+
+    def checkpoint(self, elapsed: float | None = None) -> Path:
+        """Save everything a resume needs at the current step (checkpoint.pt, written atomically)."""
+        save_checkpoint(self.checkpoint_path, config=self.config.to_dict(), step=self.step_index,
+                        elapsed_s=self.elapsed() if elapsed is None else elapsed, model=self.model.state_dict(),
+                        optimizer=self.optimizer.state_dict(), method=self.method.state_dict(),
+                        generator=self.generator.get_state())
+        return self.checkpoint_path
+
+    def preview(self):
+        """Render the preview view, save it as previews/step_NNNNN.png, send the Preview event; the image."""
+        image = to_uint8(self._preview_image())
+        save_png(image, self.out_dir / "previews" / f"step_{self.step_index:05d}.png")
+        self.on_event(Preview(step=self.step_index, image=image))
+        return image
+
+    def coarse_mesh(self) -> None:
+        """Send the live coarse mesh (CoarseMesh event) of the field as it is now."""
+        from .export import coarse_mesh
+        vertices, faces, colors = coarse_mesh(self.model, threshold=self.config.mesh_threshold)
+        self.on_event(CoarseMesh(step=self.step_index, vertices=vertices, faces=faces, colors=colors))
+
+    def stop(self) -> TrainResult:
+        """End early: the checkpoint to resume from, nothing exported."""
+        result = self._close(stopped=True)
+        self.on_event(Log("info", f"stopped at step {self.step_index}; resume with --resume "
+                                  f"(checkpoint {self.checkpoint_path})"))
         return result
 
-    outputs, result.report = finish(config, model, prior, out_dir, device, timer.seconds, elapsed, step, on_event)
-    result.outputs.update(outputs)
-    on_event(Finished(outputs={k: str(v) for k, v in result.outputs.items()}))
-    return result
+    def finish(self) -> TrainResult:
+        """End the run: the last checkpoint, then (backend.finish) turntable, report.json and the mesh
+        files, and the Finished event."""
+        result = self._close(stopped=False)
+        outputs, result.report = self._finish_outputs()
+        result.outputs.update(outputs)
+        self.on_event(Finished(outputs={k: str(v) for k, v in result.outputs.items()}))
+        return result
+
+    def _close(self, stopped: bool) -> TrainResult:
+        """The last timings and checkpoint. A run resumed with fewer steps than it had done ends at config.steps."""
+        self.timer.collect()
+        self.step_index = min(self.step_index, self.config.steps)
+        self.elapsed_s = self.elapsed()
+        self.checkpoint(self.elapsed_s)
+        return TrainResult(out_dir=self.out_dir, outputs={CHECKPOINT: self.checkpoint_path}, stopped=stopped)
+
+    def _restore(self, state: dict | None) -> tuple[int, float]:
+        """Load a saved state into the run's parts; (the step to start from, the seconds already spent)."""
+        if state is None:
+            return 0, 0.0
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.method.load_state_dict(state["method"])
+        self.generator.set_state(state["generator"])
+        self.on_event(Log("info", f"resumed from {self.checkpoint_path} at step {state['step']}"))
+        return state["step"], state.get("elapsed_s", 0.0)
+
+    # What a kind of run overrides (see the class docstring).
+
+    def _build_model(self) -> NeRFModel:
+        """The model trained, on self.device (its config: nerf_settings)."""
+        return NeRFModel(nerf_settings(self.config), device=self.device).to(self.device)
+
+    def _before_step(self, step: int) -> None:
+        """Progressive hash levels for this step; every occupancy_every steps, the occupancy grid."""
+        self.model.set_active_levels(active_levels(step, self.config))
+        if step % self.config.occupancy_every == 0:
+            self.model.update_occupancy()
+
+    def _distill(self, step: int) -> tuple[GradientOutput, torch.Tensor]:
+        """One step: cameras -> render -> the prior's space -> the method's gradient -> Adam. Returns the
+        method's output and the score-distillation loss (on the device, read later)."""
+        config, generator, timer = self.config, self.generator, self.timer
+        marks = [timer.mark()]
+        cameras = sample_cameras(config.batch_size, config.resolution, config.resolution, generator)
+        lights = sample_light_positions(cameras, generator).to(self.device, non_blocking=True)
+        cameras = cameras.to(self.device)
+        shading = self._shading(step)
+        render = self.model.render(cameras, shading, lights)
+        rgb, background = augment_background(render, config.random_background_prob, generator)
+        x = self.prior.encode(rgb.permute(0, 3, 1, 2))
+        marks.append(timer.mark())
+
+        out = self.method.gradient(x.detach(), step, make_view(cameras, shading, lights, render.opacity, background))
+        marks.append(timer.mark())
+
+        loss, loss_sd = self._loss(x, out.grad.to(x.dtype), render, step)
+        self.optimizer.found_inf = self.guard.check(out.grad, loss)  # a bad step changes nothing (fused Adam skips it)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        marks.append(timer.mark())
+        timer.add(marks)
+        return out, loss_sd
+
+    def _shading(self, step: int) -> str:
+        """The step's shading (shading_for_step)."""
+        return shading_for_step(step, self.config, self.generator)
+
+    def _loss(self, x: torch.Tensor, grad: torch.Tensor, render, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to back-propagate, its score-distillation part): losses.total_loss, with the shape guide."""
+        return total_loss(x, grad, render, step, self.config, guide=self.guide, generator=self.generator)
+
+    def _preview_image(self) -> torch.Tensor:
+        """The preview view [H, W, 3]."""
+        return render_views(self.model, 1, self.config.resolution, self.device)[0]
+
+    def _finish_outputs(self) -> tuple[dict[str, Path], dict]:
+        """The finished run's files by name and its report (backend.finish: turntable, mesh, report.json)."""
+        return finish_run(self.config, self.model, self.prior, self.out_dir, self.device, self.timer.seconds,
+                          self.elapsed_s, self.step_index, self.on_event)
 
 
-def restore(state: dict | None, model, optimizer, method, generator: torch.Generator, on_event: EventCallback,
-            checkpoint_path: Path) -> tuple[int, float]:
-    """Load a saved state into the run's parts; (the step to start from, the seconds already spent)."""
-    if state is None:
-        return 0, 0.0
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    method.load_state_dict(state["method"])
-    generator.set_state(state["generator"])
-    on_event(Log("info", f"resumed from {checkpoint_path} at step {state['step']}"))
-    return state["step"], state.get("elapsed_s", 0.0)
+def train(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignore_event,
+          should_stop: StopCheck = never_stop, prior: Prior | None = None, resume: bool = False) -> TrainResult:
+    """Run (or resume) one text-to-3D distillation to its end, or until `should_stop()` turns true
+    (checked before each step): a Trainer driven step by step. See the module docstring."""
+    return run_to_end(Trainer(config, out_dir, on_event, prior=prior, resume=resume), should_stop)
 
 
-def distill_step(model: NeRFModel, prior: Prior, method, optimizer, step: int, config: GenerateConfig,
-                 generator: torch.Generator, timer: StepTimer, guard: NaNGuard, guide):
-    """One step: cameras -> render -> the prior's space -> the method's gradient -> Adam. Returns the
-    method's output and the score-distillation loss (on the device, read later)."""
-    device = next(model.parameters()).device
-    marks = [timer.mark()]
-    cameras = sample_cameras(config.batch_size, config.resolution, config.resolution, generator)
-    lights = sample_light_positions(cameras, generator).to(device, non_blocking=True)
-    cameras = cameras.to(device)
-    shading = shading_for_step(step, config, generator)
-    render = model.render(cameras, shading, lights)
-    rgb, background = augment_background(render, config.random_background_prob, generator)
-    x = prior.encode(rgb.permute(0, 3, 1, 2))
-    marks.append(timer.mark())
-
-    out = method.gradient(x.detach(), step, make_view(cameras, shading, lights, render.opacity, background))
-    marks.append(timer.mark())
-
-    loss, loss_sd = total_loss(x, out.grad.to(x.dtype), render, step, config, guide=guide, generator=generator)
-    optimizer.found_inf = guard.check(out.grad, loss)  # a bad step changes nothing (fused Adam skips it)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    marks.append(timer.mark())
-    timer.add(marks)
-    return out, loss_sd
-
-
-def live_outputs(model: NeRFModel, config: GenerateConfig, done: int, previewing: bool, out_dir: Path,
-                 on_event: EventCallback) -> None:
-    """The preview picture and the live coarse mesh, when their step has come."""
-    if previewing:
-        device = next(model.parameters()).device
-        image = to_uint8(render_views(model, 1, config.resolution, device)[0])
-        save_png(image, out_dir / "previews" / f"step_{done:05d}.png")
-        on_event(Preview(step=done, image=image))
-    if config.coarse_mesh_every and done % config.coarse_mesh_every == 0:
-        from .export import coarse_mesh
-        vertices, faces, colors = coarse_mesh(model, threshold=config.mesh_threshold)
-        on_event(CoarseMesh(step=done, vertices=vertices, faces=faces, colors=colors))
+def run_to_end(trainer: Trainer, should_stop: StopCheck = never_stop) -> TrainResult:
+    """Step `trainer` until it is done (then finish it) or `should_stop()` turns true before a step (then
+    stop it, checkpoint kept)."""
+    while not trainer.done:
+        if should_stop():
+            return trainer.stop()
+        trainer.step()
+    return trainer.finish()
 
 
 def read_guard(guard: NaNGuard, loss_sd: torch.Tensor, step: int, on_event: EventCallback, save) -> float:

@@ -15,10 +15,13 @@ the file it wrote (a small z-buffered software render of the GLB, texture and La
 
     python bench/bench_export.py                      # sphere + checkered torus at 128^3 and 256^3
     python bench/bench_export.py --resolutions 128 --nerf --lattice
+    python bench/bench_export.py smooth [--checkpoints CKPT ...]   # smoothing candidates on the surface
+                                                                  # (docs/quality.md, "Flat faces, sharp edges")
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -33,6 +36,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend import metrics  # noqa: E402
+from backend.export import cleanup  # noqa: E402
+from backend.export.extract import marching_cubes  # noqa: E402
+from backend.export.level import surface_level  # noqa: E402
+from backend.export.smooth import bilateral_smooth  # noqa: E402
 from backend.export import export_mesh, mesh_occupancy  # noqa: E402
 from backend.export.raster import rasterize_triangles  # noqa: E402
 from backend.export.readback import load_asset, texture_color  # noqa: E402
@@ -161,7 +168,80 @@ class BlobNeRF:
         self.density, self.albedo = self.model.density, self.model.albedo
 
 
+SMOOTHERS = {   # the candidates of `smooth`, each on the cleaned marching-cubes mesh
+    "raw": lambda mesh: mesh.vertices,
+    "taubin (cleanup.smooth)": lambda mesh: cleanup.smooth(mesh).vertices,
+    "bilateral (Zheng 2011)": lambda mesh: bilateral_smooth(mesh.vertices, mesh.faces, guided=False),
+    "guided (Zhang 2015)": lambda mesh: bilateral_smooth(mesh.vertices, mesh.faces),
+    "taubin + guided (export)": lambda mesh: bilateral_smooth(cleanup.smooth(mesh).vertices, mesh.faces),
+}
+
+
+def smooth_meshes(args) -> list[tuple[str, CatalogObject, trimesh.Trimesh]]:
+    """The meshes the candidates are tried on: each checkpoint's at its run's level, and the exact
+    SDFs on the same grid with and without smooth noise (std 0.003, over about 1.5 cells)."""
+    from scipy.ndimage import gaussian_filter
+
+    from backend.checkpoint import load_model
+    from backend.export.grid import density_grid, grid_axis
+    from backend.priors.shapes_world import parse_prompt
+
+    meshes = []
+    for path in map(Path, args.checkpoints):
+        model, config = load_model(path)
+        report = path.parent / "report.json"
+        level = json.loads(report.read_text())["export"]["threshold"] if report.exists() else surface_level(model).level
+        grid, _ = density_grid(model, args.resolution, level)
+        mesh, _ = cleanup.keep_main_components(cleanup.as_mesh(*marching_cubes(grid, level)))
+        meshes.append((f"{config.prompt} (trained)", parse_prompt(config.prompt)[0], mesh))
+    axis = grid_axis(args.resolution)
+    points = torch.from_numpy(np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)).float()
+    noise = gaussian_filter(np.random.default_rng(0).standard_normal((args.resolution,) * 3), 1.5)
+    for name in args.objects:
+        obj = parse_prompt(name)[0]
+        for amplitude in (0.0, 0.003):
+            grid = (-obj.sdf(points).numpy().reshape((args.resolution,) * 3) + amplitude * noise / noise.std())
+            mesh = cleanup.as_mesh(*marching_cubes(grid.astype(np.float32), 0.0))
+            meshes.append((f"{name} (exact SDF{', noise 0.003' if amplitude else ''})", obj, mesh))
+    return meshes
+
+
+def smooth_main(argv=None) -> int:
+    """Each smoothing candidate on each mesh: the surface measures against the truth and the CPU time."""
+    parser = argparse.ArgumentParser(description="smoothing candidates, measured (docs/quality.md)")
+    parser.add_argument("--checkpoints", nargs="*", default=["results/demo/checkpoint.pt"])
+    parser.add_argument("--objects", nargs="*", default=["red cube", "red sphere", "red torus"])
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results"
+                        / f"smooth_{time.strftime('%Y-%m-%d')}.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = []
+    print(f"{'mesh':34s} {'candidate':26s} {'acc':>7s} {'offset':>7s} {'F@0.01':>6s} {'normals':>7s} {'median':>6s} "
+          f"{'flat':>5s} {'bottom':>6s} {'sides':>6s} {'-z flat':>7s} {'IoU':>6s} {'cpu s':>6s}")
+    for name, obj, mesh in smooth_meshes(args):
+        for candidate, smoother in SMOOTHERS.items():
+            start = time.process_time()
+            vertices = np.asarray(smoother(mesh))
+            seconds = time.process_time() - start
+            m = metrics.surface_metrics(vertices, mesh.faces, obj)
+            rows.append(dict(mesh=name, candidate=candidate, triangles=len(mesh.faces), cpu_seconds=seconds, **m))
+            bottom = m["faces"]["-z"]["flat_share"] if "faces" in m else float("nan")
+            print(f"{name:34s} {candidate:26s} {m['accuracy']:7.4f} {m['offset']:+7.4f} {m['fscore']:6.3f} "
+                  f"{m['normal_error_mean']:7.2f} {m['normal_error_median']:6.2f} "
+                  f"{m.get('flat_share', m['within_5deg']):5.3f} {m['regions']['bottom']['normal_error_mean']:6.2f} "
+                  f"{m['regions']['sides']['normal_error_mean']:6.2f} {bottom:7.3f} {m['volume_iou']:6.4f} "
+                  f"{seconds:6.2f}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["smooth"]:
+        return smooth_main(argv[1:])
     args = parse_args(argv)
     from backend.priors.shapes_world import parse_prompt
     rows = []

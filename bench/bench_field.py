@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.nerf import NeRFSettings  # noqa: E402
 from backend.nerf.compiled import CompiledHashGrid  # noqa: E402
 from backend.nerf.encoding import TorchHashGrid  # noqa: E402
-from backend.nerf.field import Field  # noqa: E402
+from backend.nerf.field import RadianceField  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     fields = {}
     for name, encoding in (("reference", TorchHashGrid(settings)), ("compiled", CompiledHashGrid(settings, compile=not args.no_compile))):
-        field = Field(settings)
+        field = RadianceField(settings)
         field.encoding = encoding
         if fields:
             field.load_state_dict(fields["reference"].state_dict())

@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.cameras import front_camera  # noqa: E402
+from backend.losses import orientation_loss  # noqa: E402
 from backend.nerf import NeRFModel, NeRFSettings  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def measure(model: NeRFModel, repeats: int, size: int) -> dict:
         wall, process = time.perf_counter(), time.process_time()
         out = model.render(camera, "lambertian", light)
         forward.append(time.perf_counter() - wall)
-        ((out.rgb - 0.5) ** 2).mean().add(out.orientation_loss).backward()
+        ((out.rgb - 0.5) ** 2).mean().add(orientation_loss(out)).backward()
         total.append(time.perf_counter() - wall)
         cpu.append(time.process_time() - process)
         start = time.perf_counter()

@@ -31,7 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.cameras import sample_cameras, sample_light_positions  # noqa: E402
-from backend.methods import METHODS, gradient_loss, make_method  # noqa: E402
+from backend.losses import orientation_loss  # noqa: E402
+from backend.methods import METHOD_CLASSES, gradient_loss, make_method  # noqa: E402
 from backend.priors.base import TEXT, UNCOND, View  # noqa: E402
 from backend.priors.sd_random import SIZES, random_components  # noqa: E402
 from backend.priors.stable_diffusion import EMPTY, StableDiffusionPrior  # noqa: E402
@@ -47,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", choices=sorted(SIZES), default="sd21-base" if cuda else "tiny",
                         help="model shapes (default: sd21-base on CUDA, tiny on the CPU)")
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument("--methods", default=",".join([PLAIN, *METHODS]),
+    parser.add_argument("--methods", default=",".join([PLAIN, *METHOD_CLASSES]),
                         help=f"comma-separated, '{PLAIN}' for the reference step (default: it and every method)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (graph capture, kernels, caches)")
@@ -110,7 +111,7 @@ class NeRFRender:
         out = self.model.render(cameras, "lambertian", lights)
         view = View(cameras, "lambertian", lights, out.background.permute(0, 3, 1, 2).detach(),
                     out.opacity.permute(0, 3, 1, 2).detach())
-        return out.rgb.permute(0, 3, 1, 2), view, out.orientation_loss
+        return out.rgb.permute(0, 3, 1, 2), view, orientation_loss(out)
 
 
 def synchronize(device: torch.device) -> None:

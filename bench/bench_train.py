@@ -8,6 +8,8 @@
     python bench/bench_train.py guidance              # "a red cube" at guidance 100 / 7.5 / 1: the cause of
                                                       # the old gap (docs/quality.md, "Guidance")
     python bench/bench_train.py surface --folders DIR [DIR ...] [--prompt "a red cube"]
+    python bench/bench_train.py orientation --objects "a red cube"
+                                                      # the orientation penalty's ramp over a short run
                                                       # the surface measures of exported meshes (mesh.glb)
                                                       # against the truth (docs/quality.md, "Surface")
 
@@ -152,6 +154,24 @@ def surface(args) -> dict:
     return rows
 
 
+def orientation(args) -> dict:
+    """A training-side candidate for flat faces (docs/quality.md, "Flat faces, sharp edges"): the
+    orientation penalty ramped over the run itself (orientation_ramp_steps = --steps, so a draft run
+    reaches lambda_orientation_end) against the default ramp over 5000 steps; the exported meshes'
+    surface measures side by side."""
+    rows = {}
+    print(f"{'run':36s} " + SURFACE_HEADER)
+    for prompt in args.objects:
+        for ramp in (None, args.steps):
+            name = f"{prompt} ramp {ramp or 'default'}"
+            extra = {} if ramp is None else {"orientation_ramp_steps": ramp}
+            folder = OUT / f"orientation_{prompt.replace(' ', '_')}_{ramp or 0}"
+            result = run(prompt, "sds", args.steps, folder, **extra)
+            rows[name] = m = result.report.get("ground_truth", {}).get("surface")
+            print(f"{name[-36:]:36s} " + surface_line(m), flush=True)
+    return rows
+
+
 def diversity(args) -> dict:
     rows = {}
     for method in args.methods:
@@ -197,7 +217,8 @@ def guidance(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("speed", "quality", "mesh_quality", "diversity", "guidance", "surface", "all"),
+    parser.add_argument("what", choices=("speed", "quality", "mesh_quality", "diversity", "guidance", "surface",
+                                         "orientation", "all"),
                         nargs="?", default="all")
     parser.add_argument("--steps", type=int, default=800, help="the draft preset's (and the demo's) 800 by default")
     parser.add_argument("--seeds", type=int, default=8)
@@ -219,8 +240,8 @@ def main() -> None:
     results = {}
     suffix = "" if args.methods == list(METHODS) else "_" + "-".join(args.methods)
     for what, fn in (("speed", speed), ("quality", quality), ("mesh_quality", mesh_quality), ("diversity", diversity),
-                     ("guidance", guidance), ("surface", surface)):
-        if args.what == what or (args.what == "all" and what != "surface"):   # surface measures given folders
+                     ("guidance", guidance), ("surface", surface), ("orientation", orientation)):
+        if args.what == what or (args.what == "all" and what not in ("surface", "orientation")):  # experiments
             results[what] = fn(args)
             (OUT / f"train_{what}{suffix}.json").write_text(json.dumps(results[what], indent=1, default=str))
 

@@ -4,7 +4,7 @@
 # off), the field's compiled vs reference encoding, the CLI on a saved full-size random SD 2.1-base
 # folder, and the shapes demo on CUDA. Prints a table last and writes one JSON to $OUT (name:
 # gpu_check_<card>_<date>.json, to commit under bench/results/). Each stage has a time cap and the
-# run as a whole stops starting stages after BUDGET_S seconds (default 350).
+# run as a whole stops starting stages after BUDGET_S seconds (default 350; 500 for --cpu-smoke).
 #
 #   bash bench/gpu_check.sh               # on the GPU machine (torch, transformers, accelerate there)
 #   bash bench/gpu_check.sh --cpu-smoke   # here: the same stages with tiny shapes on the CPU, in a minute
@@ -28,7 +28,6 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
 OUT=${OUT:-$(mktemp -d)}
 WORK=$(mktemp -d)
-BUDGET_S=${BUDGET_S:-350}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
@@ -60,6 +59,7 @@ stage() {
 }
 
 if [[ $MODE == gpu ]]; then
+    BUDGET_S=${BUDGET_S:-350} ENV_CAP=20
     DEVICE=cuda SIZE=sd21-base PRESET=standard DEMO_PRESET=draft
     SD_ARGS=(--steps 8 --warmup 3 --graphs both --components)
     CLI_STEPS=150 DEMO_STEPS=${DEMO_STEPS:-300}
@@ -68,15 +68,21 @@ if [[ $MODE == gpu ]]; then
     TEXTURE_ARGS=(--steps 200 --resolution 256)
 else  # tiny shapes on the CPU: checks the script, its commands and the table, not speed
     export CUDA_VISIBLE_DEVICES=""
+    # one PyTorch thread per command unless the caller says otherwise: on a shared CPU, torch's default
+    # (a thread per core) makes tiny tensors wait on each other and a stage can run past its cap
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+    # on a shared CPU the imports alone can take most of a minute: wider caps, so the smoke checks the
+    # commands rather than how busy the machine is (the demo cap too; the test gives the script 600 s)
+    BUDGET_S=${BUDGET_S:-500} ENV_CAP=60
     DEVICE=cpu SIZE=tiny PRESET=tiny DEMO_PRESET=tiny
     SD_ARGS=(--steps 1 --warmup 1 --graphs both --components --resolution 16 --threads 1 --max-steps 100)
     CLI_STEPS=2 DEMO_STEPS=3
     FIELD_ARGS=(--samples 2000 --repeat 2 --no-compile --threads 1)
-    CAPS=(60 120 60 120 60 90)
+    CAPS=(60 120 120 120 60 90)
     TEXTURE_ARGS=(--steps 3 --resolution 16 --texture-size 64)
 fi
 
-stage env 20 bash -c "nvidia-smi -L 2>/dev/null; $PY -c 'import torch, diffusers, transformers; \
+stage env "$ENV_CAP" bash -c "nvidia-smi -L 2>/dev/null; $PY -c 'import torch, diffusers, transformers; \
 print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.is_available(), \
 \"diffusers\", diffusers.__version__, \"transformers\", transformers.__version__)'"
 stage pytest_gpu "${CAPS[0]}" $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_nerf.py \

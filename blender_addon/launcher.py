@@ -13,6 +13,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from .shared.checkout import venv_python
+
 _process: subprocess.Popen | None = None
 _log_path: Path | None = None
 
@@ -21,18 +23,17 @@ class LaunchError(Exception):
     """The backend cannot be started; the message says what to set."""
 
 
-def venv_python(backend_path: str) -> str:
-    """The interpreter of the project's .venv beside `backend/`, if there is one ("" otherwise)."""
+def checkout_python(backend_path: str) -> str:
+    """The interpreter of the checkout's venv (shared/checkout.py), if there is one ("" otherwise)."""
     if not backend_path:
         return ""
-    rel = ("Scripts", "python.exe") if os.name == "nt" else ("bin", "python")
-    candidate = Path(backend_path, ".venv", *rel)
+    candidate = venv_python(backend_path)
     return str(candidate) if candidate.is_file() else ""
 
 
 def command(python: str, backend_path: str, port: int, data_dir: str = "") -> list[str]:
     """The command line that serves the backend on loopback at `port` (events on port + 1)."""
-    python = python or venv_python(backend_path)
+    python = python or checkout_python(backend_path)
     if not python:
         raise LaunchError("no Python set for the backend: in Preferences > Add-ons > Distill3D set "
                           "\"Backend Python\" (the venv's python with torch) or \"Backend folder\"")

@@ -12,14 +12,17 @@ from __future__ import annotations
 import time
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, FloatProperty, StringProperty
 
 from . import connection, launcher, prefs, props, selection, sync
-from .session import ACTIVE
+from .shared import results
+from .shared.protocol import ACTIVE_STATES, CANCELLED, DONE, FAILED
 
 # A blocking call gives a backend that stopped answering this many client timeouts to come back
 # before it fails: a script should fail fast, not hang on a dead backend.
 LOST_GRACE_TIMEOUTS = 2.0
+# The panel settings that say where the result goes, also arguments of distill3d.generate.
+PLACEMENT_SETTINGS = ("size", "texture_target")
 
 
 def _cursor(context) -> tuple[float, float, float]:
@@ -32,38 +35,15 @@ class DISTILL3D_OT_generate(bpy.types.Operator):
     bl_label = "Generate"
     bl_options = {"REGISTER"}
 
-    # Each one left unset takes the panel's value (Scene.distill3d).
-    prompt: StringProperty(name="Prompt", options={"SKIP_SAVE"})
-    negative: StringProperty(name="Negative prompt", options={"SKIP_SAVE"})
-    method: EnumProperty(name="Method", items=props.METHODS, options={"SKIP_SAVE"})
-    preset: EnumProperty(name="Quality", items=props.PRESETS, options={"SKIP_SAVE"})
-    steps: IntProperty(name="Steps", min=0, options={"SKIP_SAVE"})
-    resolution: IntProperty(name="Resolution", min=0, options={"SKIP_SAVE"})
-    seed: IntProperty(name="Seed", min=0, options={"SKIP_SAVE"})
-    variations: IntProperty(name="Variations", min=1, max=16, default=1, options={"SKIP_SAVE"})
-    preview_every: IntProperty(name="Preview every", min=0, options={"SKIP_SAVE"})
-    mesh_resolution: IntProperty(name="Mesh resolution", min=0, options={"SKIP_SAVE"})
-    texture_size: IntProperty(name="Texture size", min=0, options={"SKIP_SAVE"})
-    live_mesh: BoolProperty(name="Live mesh", default=True, options={"SKIP_SAVE"})
-    size: FloatProperty(name="Size", min=0.001, unit="LENGTH", options={"SKIP_SAVE"},
-                        description="Metres across the result's largest side")
-    prior: StringProperty(name="Model", options={"SKIP_SAVE"})
-    source: EnumProperty(name="Source", items=selection.SOURCES, options={"SKIP_SAVE"},
-                         description="NEW, or TEXTURE_SELECTED / SHAPE_FROM_SELECTED: start from the active mesh")
-    texture_target: EnumProperty(name="Texture", items=selection.TEXTURE_TARGETS, options={"SKIP_SAVE"})
-    shape_strength: FloatProperty(name="Shape strength", min=0.0, options={"SKIP_SAVE"})
-    extra: StringProperty(name="Extra", options={"SKIP_SAVE"},
-                          description="More request settings as a JSON object, e.g. {\"lr\": 0.05}")
+    # Its arguments are the panel's settings (props.REQUEST_SETTINGS, plus where the result goes),
+    # added below; each one left out takes the panel's value (Scene.distill3d).
     wait: BoolProperty(name="Wait", default=False, options={"SKIP_SAVE"},
                        description="Block until the mesh is imported (for scripts and blender -b)")
     timeout: FloatProperty(name="Timeout", default=24 * 3600.0, min=1.0, options={"SKIP_SAVE"},
                            description="With wait: give up after this many seconds")
 
     def execute(self, context):
-        overrides = {name: getattr(self, name) for name in
-                     ("prompt", "negative", "method", "preset", "steps", "resolution", "seed", "variations",
-                      "preview_every", "mesh_resolution", "texture_size", "live_mesh", "prior", "extra", "source",
-                      "shape_strength")
+        overrides = {name: getattr(self, name) for name in props.REQUEST_SETTINGS
                      if self.properties.is_property_set(name)}
         settings = context.scene.distill3d
         try:
@@ -78,9 +58,9 @@ class DISTILL3D_OT_generate(bpy.types.Operator):
         submit = {}
         if chosen is not None:  # the live mesh of a shape job grows where the selection is
             origin, size = chosen.world_bottom_centre, chosen.world_size
-            names = ("texture.png",) + (() if chosen.has_uv else ("corner_uv.bin",))
+            names = (results.TEXTURE,) + (() if chosen.has_uv else (results.CORNER_UV,))
             submit = dict(mesh=chosen.mesh, selection=chosen,
-                          result_names=names if requests[0]["source"] == "texture" else ("mesh.glb",))
+                          result_names=names if requests[0]["source"] == "texture" else (results.MESH,))
         session = sync.session()
         sync.start_timer()
         if not self.wait:
@@ -137,12 +117,12 @@ class DISTILL3D_OT_generate(bpy.types.Operator):
         finished_in_time = sync.run_until(settled, timeout_s=self.timeout)
         problems = []
         for job in jobs:
-            if job.lost_contact and job.state in ACTIVE:
+            if job.lost_contact and job.state in ACTIVE_STATES:
                 problems.append(f"the backend at {session.address} stopped answering while \"{job.prompt}\" was "
                                 f"{job.state}: restart it ({session.backend_message or 'no answer'})")
-            elif job.state == "failed":
+            elif job.state == FAILED:
                 problems.append(f"\"{job.prompt}\" failed: {job.message or 'the backend gave no reason'}")
-            elif job.state == "cancelled":
+            elif job.state == CANCELLED:
                 problems.append(f"\"{job.prompt}\" was cancelled")
             elif job.import_error:
                 problems.append(job.import_error)
@@ -155,6 +135,10 @@ class DISTILL3D_OT_generate(bpy.types.Operator):
         names = ", ".join(name for job in jobs for name in job.object_names[:1])
         self.report({"INFO"}, f"Distill3D: imported {names}")
         return {"FINISHED"}
+
+
+for _name in (*props.REQUEST_SETTINGS, *PLACEMENT_SETTINGS):
+    DISTILL3D_OT_generate.__annotations__[_name] = props.argument(_name)
 
 
 class DISTILL3D_OT_cancel(bpy.types.Operator):
@@ -237,7 +221,7 @@ class DISTILL3D_OT_import_job(bpy.types.Operator):
     def execute(self, context):
         session = sync.session()
         status = next((s for s in session.history if s.get("job_id") == self.job_id), None)
-        job = session.reimport(status or {"job_id": self.job_id, "state": "done"}, _cursor(context),
+        job = session.reimport(status or {"job_id": self.job_id, "state": DONE}, _cursor(context),
                                context.scene.distill3d.size)
         sync.start_timer()
         if self.wait:

@@ -10,7 +10,8 @@ import textwrap
 import bpy
 
 from . import images, launcher, prefs, props, selection, sync
-from .session import ACTIVE, HISTORY_ROWS, Job
+from .session import HISTORY_ROWS, Job
+from .shared.protocol import ACTIVE_STATES, CANCELLED, DONE, FAILED
 from .shared.version import __version__
 
 
@@ -55,7 +56,7 @@ def draw_backend(layout, context, session) -> None:
         if not p.connection().keys:
             _wrapped(col, context, "A backend started with --server-key answers only clients with keys: set "
                                    "them in Preferences > Add-ons > Distill3D.", icon="LOCKED")
-        elif "rejected" not in session.backend_message:  # a wrong server key looks like silence
+        elif session.backend_field != "keys":  # a wrong server key looks like silence, not a refusal
             _wrapped(col, context, "If it is running, check that the server public key in the preferences is "
                                    "the one in its server.key.", icon="LOCKED")
         exit_message = launcher.exit_message()
@@ -74,7 +75,7 @@ def draw_job(layout, context, job: Job) -> None:
     col = box.column(align=True)
     col.label(text=job.prompt + (f"  (seed {job.request.get('seed')})" if job.variations > 1 else ""),
               icon="MESH_MONKEY")
-    if job.state in ACTIVE:
+    if job.state in ACTIVE_STATES:
         text = (f"{job.step}/{job.total}  {job.it_per_s:.1f} it/s  ETA {_eta(job.eta_s)}" if job.total
                 else job.state.capitalize() + "...")
         col.progress(factor=job.progress, type="BAR", text=text)
@@ -87,9 +88,9 @@ def draw_job(layout, context, job: Job) -> None:
         op.job_id = job.job_id
     elif job.fetching:
         col.label(text="Importing the mesh...", icon="IMPORT")
-    elif job.state == "failed":
+    elif job.state == FAILED:
         _wrapped(col, context, f"Failed: {job.message or 'the backend gave no reason'}", icon="ERROR")
-    elif job.state == "cancelled":
+    elif job.state == CANCELLED:
         col.label(text="Cancelled", icon="CANCEL")
     if job.import_error:
         _wrapped(col, context, job.import_error, icon="ERROR")
@@ -131,7 +132,7 @@ class DISTILL3D_PT_main(Distill3DPanel, bpy.types.Panel):
         col.prop(settings, "prompt", text="", icon="OUTLINER_OB_FONT")
         col.prop(settings, "negative", text="", icon="CANCEL")
         col.prop(settings, "method")
-        description = next(item[2] for item in props.METHODS if item[0] == settings.method)
+        description = next(item[2] for item in props.METHOD_ITEMS if item[0] == settings.method)
         box = col.box()
         _wrapped(box.column(align=True), context, description, icon="INFO")
         col.prop(settings, "preset")
@@ -152,7 +153,7 @@ class DISTILL3D_PT_main(Distill3DPanel, bpy.types.Panel):
 
         if session is not None:
             for job in session.jobs.values():
-                if job.state in ACTIVE or (job.state in ("failed", "cancelled") and not job.imported) \
+                if job.state in ACTIVE_STATES or (job.state in (FAILED, CANCELLED) and not job.imported) \
                         or job.import_error or job.fetching:
                     draw_job(layout, context, job)
             if session.last_error:
@@ -188,6 +189,7 @@ class DISTILL3D_PT_advanced(Distill3DPanel, bpy.types.Panel):
         col.prop(settings, "mesh_resolution")
         col.prop(settings, "texture_size")
         layout.prop(settings, "normal_map")
+        layout.prop(settings, "mesh_denoise")
         layout.prop(settings, "prior")
         layout.prop(settings, "extra")
         specific = [prop for prop, (_, methods) in props.METHOD_OPTIONS.items() if settings.method in methods]
@@ -220,11 +222,11 @@ class DISTILL3D_PT_history(Distill3DPanel, bpy.types.Panel):
             icon_id = images.icon_id(thumbnail)
             if icon_id or bpy.data.images.get(thumbnail) is not None:
                 row.label(text="", icon_value=icon_id)
-            icon = {"done": "CHECKMARK", "failed": "ERROR", "cancelled": "CANCEL"}.get(state, "TIME")
+            icon = {DONE: "CHECKMARK", FAILED: "ERROR", CANCELLED: "CANCEL"}.get(state, "TIME")
             row.label(text=f"{request.get('prompt', status.get('job_id'))} · {request.get('method', '?').upper()} "
                            f"· seed {request.get('seed', 0)}", icon=icon)
             sub = row.row(align=True)
-            sub.enabled = state == "done"
+            sub.enabled = state == DONE
             op = sub.operator("distill3d.import_job", text="", icon="IMPORT")
             op.job_id = status.get("job_id", "")
 

@@ -9,7 +9,7 @@ import bpy
 from bpy.props import FloatProperty, IntProperty, StringProperty
 
 from .connection import Connection, Keys, certificate
-from .shared.protocol import DEFAULT_HOST, DEFAULT_PORT
+from .shared.protocol import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TIMEOUT_S
 
 ADDON = __package__  # the add-on's module name ("bl_ext.<repository>.distill3d" once installed)
 
@@ -18,11 +18,11 @@ class Distill3DPreferences(bpy.types.AddonPreferences):
     bl_idname = ADDON
 
     host: StringProperty(name="Host", default=DEFAULT_HOST,
-                         description="The backend's address; keep 127.0.0.1 unless the backend runs elsewhere "
-                                     "with CurveZMQ keys")
+                         description=f"The backend's address; keep {DEFAULT_HOST} unless the backend runs "
+                                     "elsewhere with CurveZMQ keys")
     port: IntProperty(name="Port", default=DEFAULT_PORT, min=1, max=65534,
                       description="The backend's command port (events use the next port)")
-    timeout: FloatProperty(name="Timeout", default=5.0, min=0.2, max=120.0, unit="TIME_ABSOLUTE",
+    timeout: FloatProperty(name="Timeout", default=DEFAULT_TIMEOUT_S, min=0.2, max=120.0, unit="TIME_ABSOLUTE",
                            description="Seconds to wait for an answer before calling the backend unreachable")
     server_key: StringProperty(name="Server public key", default="",
                                description="The backend's public key: the 40-character key in its server.key file, "

@@ -4,8 +4,8 @@ job request (shared/protocol.py REQUEST_FIELDS names, checked there by the backe
 Advanced numbers use 0 (or an unticked box) for "the preset's / the method's default", so a preset
 change is never silently overridden by a stale number.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations`: `argument` reads the settings' properties from the class's
+# annotations, which must stay property objects, not strings.
 import json
 from typing import Any
 
@@ -16,8 +16,15 @@ from . import selection
 from .shared import schema
 from .shared.protocol import REQUEST_FIELDS
 
-METHODS = [(name, method.label, method.description) for name, method in schema.METHODS.items()]
-PRESETS = [(name, preset.label, preset.description) for name, preset in schema.PRESETS.items()]
+# EnumProperty items (identifier, label, description) of the schema's methods and presets.
+METHOD_ITEMS = [(name, method.label, method.description) for name, method in schema.METHODS.items()]
+PRESET_ITEMS = [(name, preset.label, preset.description) for name, preset in schema.PRESETS.items()]
+
+# The panel settings a job request is made from (`requests`). bpy.ops.distill3d.generate takes each
+# as an argument too (`argument`), which replaces the panel's value for that call.
+REQUEST_SETTINGS = ("prompt", "negative", "method", "preset", "variations", "steps", "resolution", "seed", "prior",
+                    "preview_every", "mesh_resolution", "texture_size", "live_mesh", "normal_map", "mesh_denoise", "extra",
+                    "source", "shape_strength")
 
 # The method options the panel offers (Advanced > <METHOD> settings). Everything about each one (type,
 # default, range, choices, description, which methods have it) is read from shared/schema.py; one
@@ -64,9 +71,10 @@ class Distill3DSettings(bpy.types.PropertyGroup):
     prompt: StringProperty(name="Prompt", description="What to make, e.g. \"a red cube\"", default="a red cube")
     negative: StringProperty(name="Negative", description="What to avoid (empty: the method's default; NFSD "
                              "has its own)", default="")
-    method: EnumProperty(name="Method", items=METHODS, default=schema.DEFAULT_METHOD,
+    method: EnumProperty(name="Method", items=METHOD_ITEMS, default=schema.DEFAULT_METHOD,
                          description="Score distillation method")
-    preset: EnumProperty(name="Quality", items=PRESETS, default=schema.DEFAULT_PRESET, description="Quality preset")
+    preset: EnumProperty(name="Quality", items=PRESET_ITEMS, default=schema.DEFAULT_PRESET,
+                         description="Quality preset")
     variations: IntProperty(name="Variations", min=1, max=16, default=1,
                             description="Make this many seeds of the prompt, placed side by side")
     live_mesh: BoolProperty(name="Live mesh", default=True,
@@ -104,6 +112,9 @@ class Distill3DSettings(bpy.types.PropertyGroup):
     normal_map: BoolProperty(name="Normal map (low poly)", default=REQUEST_FIELDS["normal_map"].default,
                              description=REQUEST_FIELDS["normal_map"].help[:1].upper()
                              + REQUEST_FIELDS["normal_map"].help[1:])
+    mesh_denoise: BoolProperty(name="Flat faces, sharp edges", default=REQUEST_FIELDS["mesh_denoise"].default,
+                               description=REQUEST_FIELDS["mesh_denoise"].help[:1].upper()
+                               + REQUEST_FIELDS["mesh_denoise"].help[1:])
     extra: StringProperty(name="Extra", default="",
                           description="More request settings as JSON, e.g. {\"lr\": 0.05} (names: shared/PROTOCOL.md)")
     # Method-specific options: added below from the schema (METHOD_OPTIONS).
@@ -111,6 +122,13 @@ class Distill3DSettings(bpy.types.PropertyGroup):
 
 for _name, (_spec, _) in METHOD_OPTIONS.items():
     Distill3DSettings.__annotations__[_name] = _option_property(_name, _spec)
+
+
+def argument(name: str):
+    """The panel setting `name` as an operator argument: the same property (type, range, items,
+    tooltip), not remembered between calls, so one left out takes the panel's value."""
+    panel = Distill3DSettings.__annotations__[name]
+    return panel.function(**{**panel.keywords, "options": {"SKIP_SAVE"}})
 
 
 def method_options(settings: Distill3DSettings) -> dict[str, Any]:
@@ -157,14 +175,12 @@ def _source_settings(values: dict[str, Any]) -> dict[str, Any]:
 
 def requests(settings: Distill3DSettings, **override: Any) -> list[dict[str, Any]]:
     """One job request per variation (seed, seed + 1, ...). `override` replaces panel values (scripts)."""
-    values = {name: getattr(settings, name) for name in
-              ("prompt", "negative", "method", "preset", "variations", "steps", "resolution", "seed", "prior",
-               "preview_every", "mesh_resolution", "texture_size", "live_mesh", "normal_map", "extra",
-               "source", "shape_strength")}
+    values = {name: getattr(settings, name) for name in REQUEST_SETTINGS}
     values["cfg"] = settings.cfg if settings.use_cfg else None
     values.update({k: v for k, v in override.items() if v is not None})
     request: dict[str, Any] = {"prompt": values["prompt"].strip(), "method": values["method"],
-                               "preset": values["preset"], "prior": values["prior"].strip() or "shapes"}
+                               "preset": values["preset"],
+                               "prior": values["prior"].strip() or REQUEST_FIELDS["prior"].default}
     if values["negative"].strip():
         request["negative"] = values["negative"].strip()
     if values["cfg"] is not None:
@@ -177,6 +193,8 @@ def requests(settings: Distill3DSettings, **override: Any) -> list[dict[str, Any
     request.update(_source_settings(values))
     if values["normal_map"]:
         request["normal_map"] = True
+    if values["mesh_denoise"] != REQUEST_FIELDS["mesh_denoise"].default:
+        request["mesh_denoise"] = values["mesh_denoise"]
     options = method_options(settings) if values["method"] == settings.method else {}
     if options:
         request["method_options"] = options

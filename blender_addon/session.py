@@ -1,7 +1,7 @@
 """What the add-on knows about the backend and its jobs, kept up to date without ever waiting.
 
 Plain Python, no Blender data: `tick()` is called from Blender's timer (or from the blocking scripted
-loop) on the main thread. It runs the callbacks of finished requests (`Worker`), reads the event
+loop) on the main thread. It runs the callbacks of finished requests (`RequestThread`), reads the event
 stream (`Client.poll_events`, non-blocking) and checks on the backend every few seconds. What the
 Blender side must do with the news (show a preview, update the live mesh, import a result) comes back
 as an `Updates`, newest-only per job, so a burst of events costs one image update, not ten.
@@ -14,11 +14,9 @@ from typing import Any, Callable
 
 from .connection import Connection, connect
 from .shared.client import Client, ClientError, ServerUnreachable, VersionMismatch
-from .shared.protocol import PREVIEW_NAME
-from .worker import Worker
-
-ACTIVE = ("queued", "running")
-TERMINAL = ("done", "failed", "cancelled")
+from .request_thread import RequestThread
+from .shared import results
+from .shared.protocol import ACTIVE_STATES, DONE, FAILED, FINAL_STATES, PREVIEW_NAME, QUEUED, RUNNING
 
 # How often the backend is asked how it is (seconds): often while a job runs, so a killed backend
 # or a missed event is noticed quickly; rarely when idle.
@@ -33,7 +31,7 @@ class Job:
     job_id: str
     prompt: str
     request: dict[str, Any] = field(default_factory=dict)
-    state: str = "queued"
+    state: str = QUEUED
     step: int = 0
     total: int = 0
     it_per_s: float = 0.0
@@ -54,12 +52,12 @@ class Job:
     object_names: list[str] = field(default_factory=list)
     source: str = "new"        # the request's source: "new", or "texture" / "shape" of the selection
     selection: Any = None      # what the Blender side needs to put the result on the selection
-    result_names: tuple[str, ...] = ("mesh.glb",)  # the result files to fetch when done
+    result_names: tuple[str, ...] = (results.MESH,)  # the result files to fetch when done
 
     @property
     def finished(self) -> bool:
         """Nothing more will happen: a terminal state, and the import done or not wanted."""
-        return self.state in TERMINAL and (self.state != "done" or not self.auto_import
+        return self.state in FINAL_STATES and (self.state != DONE or not self.auto_import
                                            or self.imported or bool(self.import_error))
 
     @property
@@ -84,10 +82,11 @@ class Session:
         self.connection = connection
         self.address = connection.address
         self.timeout_s = connection.timeout_s
-        self.worker = Worker(connection)
+        self.thread = RequestThread(connection)  # every request/reply call goes through it
         self.events: Client | None = None   # main-thread client, used only for the event stream
         self.backend = "unknown"             # unknown | ok | unreachable | mismatch | error
         self.backend_message = ""
+        self.backend_field: str | None = None  # "keys" when the backend refused this client's keys
         self.info: dict[str, Any] = {}
         self.jobs: dict[str, Job] = {}       # jobs started or re-imported from this Blender session
         self.history: list[dict[str, Any]] = []
@@ -101,7 +100,7 @@ class Session:
 
     def tick(self, max_events: int = 200) -> Updates:
         """Everything that happened since the last tick. Never waits."""
-        self.worker.drain()
+        self.thread.drain()
         if self.events is not None:
             for event in self.events.poll_events(max_events=max_events):
                 self._on_event(event)
@@ -113,12 +112,12 @@ class Session:
 
     @property
     def active_jobs(self) -> list[Job]:
-        return [job for job in self.jobs.values() if job.state in ACTIVE]
+        return [job for job in self.jobs.values() if job.state in ACTIVE_STATES]
 
     @property
     def busy(self) -> bool:
         """True while there is something to follow closely (the timer then ticks fast)."""
-        return bool(self.active_jobs) or any(j.fetching for j in self.jobs.values()) or self.worker.busy
+        return bool(self.active_jobs) or any(j.fetching for j in self.jobs.values()) or self.thread.busy
 
     def probe_now(self) -> None:
         """Ask how the backend is at the next tick (after Start backend, or a Refresh click)."""
@@ -126,7 +125,7 @@ class Session:
 
     def submit(self, requests: list[dict[str, Any]], origin=(0.0, 0.0, 0.0), size: float = 1.0,
                on_submitted: Callable[[list[Job], str], None] | None = None, mesh: dict | None = None,
-               selection: Any = None, result_names: tuple[str, ...] = ("mesh.glb",)) -> None:
+               selection: Any = None, result_names: tuple[str, ...] = (results.MESH,)) -> None:
         """Start one job per request; variations submitted together are placed side by side. `mesh`:
         the selection's buffers (Client.submit), sent with each request; `selection` and `result_names`
         are kept on the jobs for the Blender side.
@@ -151,7 +150,7 @@ class Session:
                     self._changed()
                 if len(answers) + len(errors) == len(requests) and on_submitted is not None:
                     on_submitted(sorted(answers, key=lambda j: j.slot), "; ".join(errors))
-            self.worker.call(Client.submit, request, mesh, on_done=done)
+            self.thread.call(Client.submit, request, mesh, on_done=done)
 
         self._ensure_events()
         for i, request in enumerate(requests):
@@ -164,7 +163,7 @@ class Session:
                 self._note_error(error, "could not cancel the job")
             elif status:
                 self._on_status(status)
-        self.worker.call(Client.cancel, job_id, on_done=done)
+        self.thread.call(Client.cancel, job_id, on_done=done)
 
     def reimport(self, status: dict[str, Any], origin=(0.0, 0.0, 0.0), size: float = 1.0) -> Job:
         """Fetch and import the mesh of a finished job from the history, as a new object (a textured
@@ -175,8 +174,8 @@ class Session:
             job = Job(job_id=job_id, prompt=_prompt_of(status), request=dict(status.get("request") or {}))
             self.jobs[job_id] = job
         job.origin, job.size = tuple(origin), size
-        job.source, job.selection, job.result_names = "new", None, ("mesh.glb",)  # a new object at the cursor
-        job.state, job.auto_import, job.imported, job.import_error = status.get("state", "done"), True, False, ""
+        job.source, job.selection, job.result_names = "new", None, (results.MESH,)  # a new object at the cursor
+        job.state, job.auto_import, job.imported, job.import_error = status.get("state", DONE), True, False, ""
         self._fetch_result(job)
         return job
 
@@ -186,7 +185,7 @@ class Session:
                 self.history = list(jobs or [])
                 self._fetch_thumbnails()
                 self._changed()
-        self.worker.call(Client.jobs, on_done=done)
+        self.thread.call(Client.jobs, on_done=done)
 
     def thumbnail_of(self, job_id: str) -> str:
         """The image name of a history job's thumbnail: its live preview if it ran here ("" if none)."""
@@ -195,7 +194,7 @@ class Session:
 
     def close(self) -> None:
         """Close every socket and stop the request thread. Safe to call twice."""
-        self.worker.close()
+        self.thread.close()
         if self.events is not None:
             self.events.close()
             self.events = None
@@ -216,7 +215,7 @@ class Session:
     def _set_backend(self, error: Exception | None, info: dict | None = None) -> None:
         was = self.backend
         if error is None:
-            self.backend, self.backend_message, self.info = "ok", "", info or {}
+            self.backend, self.backend_message, self.backend_field, self.info = "ok", "", None, info or {}
             for job in self.jobs.values():
                 job.lost_contact = False
             if was != "ok":  # (re)connected: catch up with what happened meanwhile
@@ -226,7 +225,7 @@ class Session:
         else:
             self.backend = ("unreachable" if isinstance(error, ServerUnreachable) else
                             "mismatch" if isinstance(error, VersionMismatch) else "error")
-            self.backend_message = str(error)
+            self.backend_message, self.backend_field = str(error), getattr(error, "field", None)
             for job in self.active_jobs:
                 job.lost_contact = True
         if self.backend != was:
@@ -256,21 +255,21 @@ class Session:
             if not active:
                 finish()
             for i, job_id in enumerate(active):
-                self.worker.call(Client.status, job_id, on_done=on_status(job_id, i == len(active) - 1))
+                self.thread.call(Client.status, job_id, on_done=on_status(job_id, i == len(active) - 1))
 
         def on_status(job_id: str, last: bool):
             def done(status: dict | None, error: Exception | None) -> None:
                 if isinstance(error, (ServerUnreachable, VersionMismatch)):
                     self._set_backend(error)
                 elif error is not None:  # e.g. the backend no longer knows the job (other data folder)
-                    self._set_state(self.jobs[job_id], "failed", str(error))
+                    self._set_state(self.jobs[job_id], FAILED, str(error))
                 elif status:
                     self._on_status(status)
                 if last:
                     finish()
             return done
 
-        self.worker.call(Client.info, on_done=on_info)
+        self.thread.call(Client.info, on_done=on_info)
 
     def _on_status(self, status: dict[str, Any]) -> None:
         job = self.jobs.get(status.get("job_id"))
@@ -288,17 +287,17 @@ class Session:
         if message:
             job.message = message
         self._changed()
-        if state in TERMINAL:
+        if state in FINAL_STATES:
             job.eta_s = None
             self.refresh_history()
-            if state == "done" and job.auto_import:
+            if state == DONE and job.auto_import:
                 self._fetch_result(job)
 
     def _fetch_thumbnails(self) -> None:
         """Fetch the preview of each finished history job shown, once; jobs run here have theirs."""
         for status in self.history[:HISTORY_ROWS]:
             job_id = status.get("job_id", "")
-            if (status.get("state") != "done" or not status.get("has_preview") or job_id in self.thumbnails_asked
+            if (status.get("state") != DONE or not status.get("has_preview") or job_id in self.thumbnails_asked
                     or self.thumbnail_of(job_id)):
                 continue
             self.thumbnails_asked.add(job_id)
@@ -307,7 +306,7 @@ class Session:
                 if error is None and png:  # no thumbnail is no reason to bother the user
                     self._updates.thumbnails[job_id] = png
                     self._changed()
-            self.worker.call(Client.fetch, job_id, PREVIEW_NAME, on_done=done)
+            self.thread.call(Client.fetch, job_id, PREVIEW_NAME, on_done=done)
 
     def _fetch_result(self, job: Job) -> None:
         """Fetch the job's result_names, one request each; once all are in, they go to the Blender side."""
@@ -332,21 +331,21 @@ class Session:
                     self._changed()
             return done
         for name in job.result_names:
-            self.worker.call(Client.fetch, job.job_id, name, on_done=fetched(name))
+            self.thread.call(Client.fetch, job.job_id, name, on_done=fetched(name))
 
     def _on_event(self, event: dict[str, Any]) -> None:
         job = self.jobs.get(event.get("job_id"))
         kind = event.get("type")
         if job is None:
-            if kind == "state" and event.get("state") in TERMINAL:
+            if kind == "state" and event.get("state") in FINAL_STATES:
                 self.refresh_history()  # someone else's job (a script, another Blender) finished
             return
         if kind == "progress":
             job.step, job.total = int(event.get("step", 0)), int(event.get("total", job.total))
             job.it_per_s = float(event.get("it_per_s") or 0.0)
             job.eta_s = event.get("eta_s")
-            if job.state == "queued":
-                job.state = "running"
+            if job.state == QUEUED:
+                job.state = RUNNING
             self._changed()
         elif kind == "preview" and event.get("png"):
             self._updates.previews[job.job_id] = event
@@ -361,7 +360,7 @@ class Session:
                 self._changed()
         elif kind == "result":
             job.outputs = list(event.get("outputs") or [])
-            self._set_state(job, "done", "")
+            self._set_state(job, DONE, "")
 
 
 def _prompt_of(status: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ import bpy
 
 from . import images, importer, placement, prefs, proxy, selection
 from .naming import datablock_name, variation_suffix
+from .shared import results
 from .session import Job, Session, Updates
 
 FAST_S = 0.1   # timer interval while a job runs
@@ -93,13 +94,13 @@ def _import(job: Job, files: dict[str, bytes]) -> None:
     name = datablock_name(job.prompt, _suffix(job))
     try:
         if job.source == "texture" and job.selection is not None:
-            objects = [selection.apply_texture(job.selection, name, files["texture.png"], files.get("corner_uv.bin"),
-                                               duplicate=job.selection.duplicate)]
+            objects = [selection.apply_texture(job.selection, name, files[results.TEXTURE],
+                                               files.get(results.CORNER_UV), duplicate=job.selection.duplicate)]
         else:
             box = None
             if job.source == "shape" and job.selection is not None:
                 box = (job.selection.matrix_world, job.selection.low, job.selection.high)
-            objects = importer.import_glb(files["mesh.glb"], name,
+            objects = importer.import_glb(files[results.MESH], name,
                                           placement.slot_location(job.origin, job.slot, job.size), job.size, box)
             if box is not None:
                 selection.hide(job.selection.object_name)

@@ -20,8 +20,9 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .keys import BadKey, read_keypair, read_public_key
-from .protocol import (DEFAULT_HOST, DEFAULT_PORT, FINAL_STATES, MAX_REPLY_BYTES, ProtocolError, decode_event,
-                       decode_header, event_address, event_topic, pack, pack_mesh, split_reply_envelope, JOB_ID_PATTERN)
+from .protocol import (DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TIMEOUT_S, FINAL_STATES, JOB_ID_PATTERN, MAX_REPLY_BYTES,
+                       ProtocolError, decode_event, decode_header, event_address, event_topic, pack, pack_mesh,
+                       split_reply_envelope)
 
 
 class ClientError(Exception):
@@ -51,7 +52,7 @@ _MECHANISM_MISMATCH = getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", 0x1
 
 
 class Client:
-    def __init__(self, address: str = f"tcp://{DEFAULT_HOST}:{DEFAULT_PORT}", timeout_s: float = 5.0,
+    def __init__(self, address: str = f"tcp://{DEFAULT_HOST}:{DEFAULT_PORT}", timeout_s: float = DEFAULT_TIMEOUT_S,
                  server_public_key: Any = None, client_keys: Any = None):
         try:
             self.event_address = event_address(address)

@@ -17,13 +17,13 @@ import math
 import re
 from typing import Any
 
-from .schema import (DEFAULT_METHOD, DEFAULT_PRESET, PRESETS, RUN_FIELDS, Field, SettingError, check_method_options,
-                     show, show_number)
-from .schema import check_value as check_setting
+from .schema import (DEFAULT_METHOD, DEFAULT_PRESET, MAX_OPTIONS, PRESETS, RUN_FIELDS, Field, SettingError,
+                     check_method_options, check_value, show, show_number)
 from .version import PROTOCOL_VERSION, __version__
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5555                # commands; events are published on DEFAULT_PORT + 1
+DEFAULT_TIMEOUT_S = 5.0           # how long a client waits for a reply before it calls the backend unreachable
 
 # Size limits. A request's header carries settings only, so 1 MiB is generous; a larger one gets an
 # error reply. The only binary frames a request may carry are a submit's mesh (below). Beyond
@@ -35,8 +35,11 @@ HARD_FRAME_LIMIT = 32 << 20
 MAX_REPLY_BYTES = 512 << 20        # the largest result file a client accepts (a 8192^2 texture fits)
 MAX_HEADER_BYTES = 1 << 20
 
-JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
-FINAL_STATES = ("done", "failed", "cancelled")
+# A job's states, declared once: the server, its job runner and the clients import these names.
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+JOB_STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
+ACTIVE_STATES = (QUEUED, RUNNING)  # the job may still change: a client keeps following it
+FINAL_STATES = (DONE, FAILED, CANCELLED)
 EVENT_TYPES = ("state", "progress", "preview", "mesh", "log", "result")
 PREVIEW_NAME = "preview.png"       # the latest preview of a job, for clients that join late
 
@@ -67,35 +70,6 @@ REQUEST_FIELDS: dict[str, Field] = {
     **{name: spec for name, spec in RUN_FIELDS.items() if spec.wire},
 }
 
-_OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-MAX_OPTIONS = 32
-
-
-def check_value(name: str, spec: Field, value: Any) -> Any:
-    """`value` if it fits `spec` (ints given for floats become floats), else ProtocolError naming `name`."""
-    if spec.kind == "options":
-        return _check_options(name, value)
-    try:
-        return check_setting(name, spec, value)
-    except SettingError as error:
-        raise ProtocolError(error.message, error.field) from None
-
-
-def _check_options(name: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ProtocolError(f"{name} must be a mapping of option name to value", name)
-    if len(value) > MAX_OPTIONS:
-        raise ProtocolError(f"{name} has {len(value)} entries: at most {MAX_OPTIONS} are allowed", name)
-    for key, item in value.items():
-        if not _OPTION_NAME.fullmatch(key):
-            raise ProtocolError(f"{name} has a bad option name {show(key)}: use letters, digits and _", name)
-        scalar = isinstance(item, (bool, int, str)) or (isinstance(item, float) and math.isfinite(item))
-        if not scalar or (isinstance(item, str) and len(item) > 256) or (isinstance(item, int) and abs(item) > 2**63):
-            raise ProtocolError(f"{name}.{key} must be a finite number, a short string or true/false, "
-                                f"got {show(item)}", f"{name}.{key}")
-    return dict(value)
-
-
 def validate_request(request: Any, fields: dict[str, Field] = REQUEST_FIELDS) -> dict[str, Any]:
     """A job request checked against `fields` (the wire's REQUEST_FIELDS, or shared/schema.py RUN_FIELDS
     for a local run): the fields it sets, normalised. Raises ProtocolError naming the first bad field."""
@@ -108,13 +82,13 @@ def validate_request(request: Any, fields: dict[str, Field] = REQUEST_FIELDS) ->
     for name, spec in fields.items():
         if spec.required and name not in request:
             raise ProtocolError(f"the request has no {name}: give one, e.g. \"a red cube\"", name)
-    checked = {name: check_value(name, fields[name], value) for name, value in request.items()}
-    if checked.get("method_options"):  # the method's own names, types and ranges (shared/schema.py)
-        try:
+    try:  # each value against its Field, by the schema's one check_value
+        checked = {name: check_value(name, fields[name], value) for name, value in request.items()}
+        if checked.get("method_options"):  # the method's own names, types and ranges (shared/schema.py)
             checked["method_options"] = check_method_options(checked.get("method", DEFAULT_METHOD),
                                                              checked["method_options"])
-        except SettingError as error:
-            raise ProtocolError(error.message, error.field) from None
+    except SettingError as error:
+        raise ProtocolError(error.message, error.field) from None
     return checked
 
 
@@ -157,7 +131,10 @@ def _file_name(name: str, value: Any) -> str:
 
 
 def _limit(name: str, value: Any) -> int:
-    return check_value(name, Field("int", 100, 1, 10_000), value)
+    try:
+        return check_value(name, Field("int", 100, 1, 10_000), value)
+    except SettingError as error:
+        raise ProtocolError(error.message, error.field) from None
 
 
 def _request(name: str, value: Any) -> dict[str, Any]:
@@ -406,5 +383,5 @@ def event_address(address: str) -> str:
     match = re.fullmatch(r"(tcp://.+):([0-9]{1,5})", address)
     if not match or not 0 < int(match.group(2)) < 65535:
         raise ProtocolError(f"address {show(address)} is not tcp://HOST:PORT: use e.g. "
-                            f"tcp://127.0.0.1:{DEFAULT_PORT}", "address")
+                            f"tcp://{DEFAULT_HOST}:{DEFAULT_PORT}", "address")
     return f"{match.group(1)}:{int(match.group(2)) + 1}"

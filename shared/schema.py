@@ -52,9 +52,16 @@ def show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+MAX_OPTIONS = 32  # entries of an "options" map
+
+
 def check_value(name: str, spec: Field, value: Any) -> Any:
     """`value` if it fits `spec` (ints given for floats become floats), else SettingError naming `name`.
-    The "options" kind is checked by the caller (shared/protocol.py)."""
+    An "options" map is checked for its shape only (names, scalar values); what the names mean is
+    check_method_options' and check_prior_options' business."""
+    if spec.kind == "options":
+        return _check_options(name, value)
     if value is None:
         if spec.nullable:
             return None
@@ -89,6 +96,21 @@ def check_value(name: str, spec: Field, value: Any) -> Any:
             raise SettingError(f'the {name} is empty: give a description, e.g. "a red cube"', name)
         return value
     raise AssertionError(f"{name}: check_value does not check the {spec.kind!r} kind")
+
+
+def _check_options(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SettingError(f"{name} must be a mapping of option name to value", name)
+    if len(value) > MAX_OPTIONS:
+        raise SettingError(f"{name} has {len(value)} entries: at most {MAX_OPTIONS} are allowed", name)
+    for key, item in value.items():
+        if not _OPTION_NAME.fullmatch(key):
+            raise SettingError(f"{name} has a bad option name {show(key)}: use letters, digits and _", name)
+        scalar = isinstance(item, (bool, int, str)) or (isinstance(item, float) and math.isfinite(item))
+        if not scalar or (isinstance(item, str) and len(item) > 256) or (isinstance(item, int) and abs(item) > 2**63):
+            raise SettingError(f"{name}.{key} must be a finite number, a short string or true/false, "
+                               f"got {show(item)}", f"{name}.{key}")
+    return dict(value)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -277,6 +299,8 @@ RUN_FIELDS: dict[str, Field] = {
     "mesh_threshold": Field("float", None, 0.0, 1e6, nullable=True,
                             help="density level of the exported surface; null: chosen from the field's renders"),
     "mesh_smooth": Field("bool", True, help="light Taubin smoothing: fewer UV charts and seams"),
+    "mesh_denoise": Field("bool", True, help="feature-preserving smoothing (guided normal filtering): flat "
+                                             "faces come out flat and edges stay sharp"),
     "normal_map": Field("bool", False, help="bake the full surface's normals into a tangent-space normal map "
                                              "for the decimated mesh (game-ready low poly)"),
     "source": Field("str", "new", choices=("new", "texture", "shape"),

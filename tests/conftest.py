@@ -6,9 +6,10 @@ import torch
 from backend.priors.sd_random import save_random_pipeline
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sd_folder(tmp_path_factory):
-    """A tiny random Stable Diffusion pipeline saved as a diffusers folder (real loading code, no download)."""
+    """A tiny random Stable Diffusion pipeline saved as a diffusers folder (real loading code, no download).
+    Written once per session: every user only reads it (tests that change a file edit a copy)."""
     return save_random_pipeline(tmp_path_factory.mktemp("sd") / "tiny-sd", "tiny", seed=0)
 
 

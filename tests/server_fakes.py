@@ -45,7 +45,8 @@ def fake_train(config, out_dir, on_event=ignore_event, should_stop=never_stop, p
     checkpoint = out_dir / "checkpoint.pt"
     step = json.loads(checkpoint.read_text())["step"] if resume and checkpoint.exists() else 0
     if "bad prompt" in config.prompt:
-        raise UserError("the shapes prior knows no object in 'bad prompt': name a shape, e.g. \"a red cube\"")
+        raise UserError("the shapes prior knows no object in 'bad prompt': name a shape, e.g. \"a red cube\"",
+                        "prompt")
     on_event(Log("info", f"starting at step {step}"))
     while step < config.steps:
         if should_stop():

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import tomllib
+import venv
 import zipfile
 from pathlib import Path
 
@@ -256,6 +257,18 @@ def test_start_backend_explains_a_missing_python(scene):
     assert not addon_module("launcher").running()
 
 
+def test_start_backend_finds_the_python_of_a_checkouts_venv(scene, tmp_path):
+    """With only "Backend folder" set, the backend runs on the Python of the venv in that checkout, made
+    the way build.py makes it (the venv module; shared/checkout.py says where)."""
+    (tmp_path / "backend").mkdir()
+    with pytest.raises(addon_module("launcher").LaunchError, match="Backend Python"):  # no venv yet
+        addon_module("launcher").command("", str(tmp_path), 5555)
+    venv.create(tmp_path / ".venv", with_pip=False, symlinks=True)
+    command = addon_module("launcher").command("", str(tmp_path), 5555)
+    assert Path(command[0]).is_file() and Path(command[0]).parent.parent == tmp_path / ".venv"
+    assert command[1:] == ["-m", "backend", "serve", "--port", "5555"]
+
+
 @pytest.mark.slow
 def test_start_backend_then_disable_leaves_nothing_running(scene, tmp_path):
     """Start backend from the panel; disabling the add-on then stops that process, removes the timer,
@@ -316,7 +329,7 @@ def test_the_session_follows_the_preferences(scene):
     prefs().timeout = 0.7
     second = sync.session()
     assert second is not first and second.timeout_s == pytest.approx(0.7)
-    assert not first.worker.alive  # the old session's thread (and sockets) are gone
+    assert not first.thread.alive  # the old session's thread (and sockets) are gone
     prefs().client_public_key = "x"
     assert sync.session() is not second and sync.session().connection.keys.client_public == "x"
     prefs().client_public_key = ""

@@ -6,8 +6,6 @@ suite fast; they check plumbing, not quality."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,15 +16,11 @@ from backend.batch.select import mark_best
 from backend.batch.sheet import label
 from backend.batch.spec import expand, read_spec
 from backend.errors import UserError
+from tests.batch_helpers import TIMEOUT_S, batch_command, item_status, run, start
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"mesh_resolution": 32, "texture_size": 64, "face_budget": 500, "hash_log2_table": 12}
-FLAGS = ["--preset", "tiny", "--resolution", "24", "--checkpoint-every", "2", "--preview-every", "0", "--seeds", "2"]
+FLAGS = ("--checkpoint-every", "2", "--seeds", "2")  # besides batch_command's own
 GENERATE_FILES = ("report.json", "turntable.png", "mesh.glb", "mesh.obj", "texture.png", "checkpoint.pt")
-TIMEOUT_S = 600  # generous: the test machine is shared
-# One torch thread per process: on the shared 2-core test machine a 2-thread CPU step measured 12x
-# slower than a 1-thread one (2.5 s vs 0.2 s, tiny preset), and Ray gives each of 2 workers 1 CPU anyway.
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 # ----- spec and validation (no training) --------------------------------------------------------------
@@ -131,27 +125,8 @@ def write_spec(folder: Path, bad_row: bool = False) -> Path:
     return spec
 
 
-def batch_command(spec: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "backend", "batch", str(spec), "--out", str(out), *FLAGS, "--no-progress", *extra]
-
-
-def start(command):
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-
-
-def run(command):
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S, env=ENV)
-
-
 def read_index(out: Path) -> dict:
     return json.loads((out / "batch.json").read_text())
-
-
-def item_status(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "batch_item.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def wait_for_checkpoint(out: Path, process, timeout_s: float = TIMEOUT_S) -> Path:
@@ -186,7 +161,7 @@ def assert_complete(out: Path, items: int = 4) -> dict:
 @pytest.mark.slow
 def test_in_process_batch_with_a_bad_row_ctrl_c_a_resuming_rerun_and_a_skipping_rerun(tmp_path):
     spec, out = write_spec(tmp_path, bad_row=True), tmp_path / "out"
-    command = batch_command(spec, out, "--steps", "6", "--keep-best", "1")
+    command = batch_command(spec, out, *FLAGS, "--steps", "6", "--keep-best", "1")
     process = start(command)
     interrupted = wait_for_checkpoint(out, process)
     process.send_signal(signal.SIGINT)
@@ -219,7 +194,7 @@ def test_in_process_batch_with_a_bad_row_ctrl_c_a_resuming_rerun_and_a_skipping_
 @pytest.mark.slow
 def test_batch_on_a_local_ray_with_two_workers(tmp_path):
     spec, out = write_spec(tmp_path), tmp_path / "out"
-    result = run(batch_command(spec, out, "--steps", "4", "--ray", "local", "--workers", "2"))
+    result = run(batch_command(spec, out, *FLAGS, "--steps", "4", "--ray", "local", "--workers", "2"))
     assert result.returncode == 0, result.stderr
     index = assert_complete(out)
     assert index["mode"] == "ray local" and index["workers"] == 2
@@ -236,7 +211,7 @@ def test_batch_on_a_local_ray_with_two_workers(tmp_path):
 @pytest.mark.slow
 def test_a_worker_killed_mid_item_resumes_that_item_from_its_checkpoint(tmp_path):
     spec, out = write_spec(tmp_path), tmp_path / "out"
-    process = start(batch_command(spec, out, "--steps", "10", "--ray", "local", "--workers", "2"))
+    process = start(batch_command(spec, out, *FLAGS, "--steps", "10", "--ray", "local", "--workers", "2"))
     victim = wait_for_checkpoint(out, process)
     killed = item_status(victim)["worker"]["pid"]
     os.kill(killed, signal.SIGKILL)  # the real worker process, as the OOM killer or a lost node would
@@ -249,9 +224,11 @@ def test_a_worker_killed_mid_item_resumes_that_item_from_its_checkpoint(tmp_path
 
 
 def test_an_item_on_a_stable_diffusion_prior_is_scored_by_the_prior(tmp_path):
-    """The worker's path for priors with no ground truth, on a tiny random-weight SD pipeline loaded
+    """The item runner's path for priors with no ground truth, on a tiny random-weight SD pipeline loaded
     through the users' path: the item finishes and batch_item.json holds its prior loss."""
-    from backend.batch.worker import Worker
+    from dataclasses import replace
+
+    from backend.batch.item_runner import BatchItemRunner
     from backend.config import with_preset
     from backend.priors.sd_random import save_random_pipeline
 
@@ -260,9 +237,9 @@ def test_an_item_on_a_stable_diffusion_prior_is_scored_by_the_prior(tmp_path):
                          preview_every=0, export_mesh=False, hash_log2_table=12)
     threads = torch.get_num_threads()
     try:
-        worker = Worker(threads=1)  # see ENV
-        outcome = worker.run({"id": "sd-item", "settings": config.to_dict()}, str(tmp_path / "out"))
-        again = worker.run({"id": "sd-item-2", "settings": {**config.to_dict(), "seed": 1}}, str(tmp_path / "out"))
+        runner = BatchItemRunner(threads=1)  # one thread: see tests/batch_helpers.py ENV
+        outcome = runner.run({"id": "sd-item", "config": config}, str(tmp_path / "out"))
+        again = runner.run({"id": "sd-item-2", "config": replace(config, seed=1)}, str(tmp_path / "out"))
     finally:
         torch.set_num_threads(threads)
     assert outcome["state"] == "done", outcome.get("error")

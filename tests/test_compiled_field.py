@@ -8,7 +8,7 @@ from backend.nerf import NeRFSettings
 from backend.nerf.compiled import CompiledHashGrid, compiled_usable
 from backend.nerf.encoding import TorchHashGrid
 from backend.nerf.hash_encoding import make_encoding
-from backend.nerf.field import Field
+from backend.nerf.field import RadianceField
 from backend.nerf.heads import FusedHeads
 
 from tests.helpers import SMALL
@@ -78,8 +78,8 @@ def test_compiled_heads_match_fused_heads():
 def test_field_with_the_compiled_source_gives_the_same_samples():
     torch.manual_seed(2)
     settings = NeRFSettings(hash_levels=6, log2_table=12, base_resolution=4, per_level_scale=2.0, levels_start=6)
-    reference = Field(settings)
-    field = Field(settings)
+    reference = RadianceField(settings)
+    field = RadianceField(settings)
     field.encoding = CompiledHashGrid(settings, compile=False)
     for table in reference.encoding.tables:
         table.data.uniform_(-0.5, 0.5)

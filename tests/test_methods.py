@@ -11,7 +11,7 @@ import torch
 
 from backend.cameras import orbit_cameras
 from backend.errors import UserError
-from backend.methods import METHODS, describe_methods, gradient_loss, make_method
+from backend.methods import METHOD_CLASSES, describe_methods, gradient_loss, make_method
 from backend.methods.ddim import ddim_sample, ddim_step, ddim_timesteps
 from backend.priors.base import NEGATIVE, NFSD_NEGATIVE_PROMPT, TEXT, UNCOND, View
 from backend.priors.exact import FixedImagesPrior
@@ -153,7 +153,7 @@ def test_nfsd_end_to_end_uses_the_sampled_t_and_noise_and_its_negative_prompt():
     fresh = ready("nfsd", seed=2)
     assert close(out.grad, fresh.gradient_at(X, out.t, out.extras["noise"], make_view()).grad)
     assert type(nfsd).default_negative == NFSD_NEGATIVE_PROMPT
-    assert all(METHODS[n].default_negative is None for n in ("sds", "sdi", "fsd"))
+    assert all(METHOD_CLASSES[n].default_negative is None for n in ("sds", "sdi", "fsd"))
 
 
 def test_one_batched_prior_call_per_prediction():
@@ -363,12 +363,12 @@ def test_ddim_sample_matches_a_hand_ddim_loop():
 # --- the registry ----------------------------------------------------------------------------------
 
 def test_make_method_defaults_overrides_and_descriptions():
-    assert set(METHODS) == {"sds", "nfsd", "sdi", "fsd"}
+    assert set(METHOD_CLASSES) == {"sds", "nfsd", "sdi", "fsd"}
     assert [make_method(n).cfg for n in ("sds", "nfsd", "sdi", "fsd")] == [100.0, 7.5, 7.5, 7.5]
     method = make_method("sdi", cfg=5, options={"entropy": 0.0, "cfg": 9.0}, max_steps=77, seed=3)
     assert (method.cfg, method.entropy, method.max_steps, method.seed) == (5, 0.0, 77, 3)
     described = describe_methods()
-    assert set(described) == set(METHODS)
+    assert set(described) == set(METHOD_CLASSES)
     assert all(text and "\n" not in text for text in described.values())
 
 

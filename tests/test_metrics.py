@@ -187,3 +187,27 @@ def test_flipped_faces_read_as_wrong_normals():
     vertices, faces = box_mesh()
     m = surface_metrics(vertices, faces[:, ::-1], CatalogObject("cube", "red"), n=2000)
     assert m["normal_error_median"] == pytest.approx(180.0, abs=1e-3) and m["flat_share"] == 0.0
+
+
+@pytest.mark.parametrize("extent", [1.1, 0.8])
+def test_mesh_occupancy_counts_a_ray_through_an_edge_once(extent):
+    """A centred box's face diagonals run through the rays with y == z: each crossing there is on
+    the edge two triangles share and must flip the parity once, not twice."""
+    from backend.export.raster import mesh_occupancy
+
+    box = trimesh.creation.box(extents=(extent,) * 3)
+    axis = (np.arange(16) + 0.5) / 8 - 1
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    truth = (np.abs(x) < extent / 2) & (np.abs(y) < extent / 2) & (np.abs(z) < extent / 2)
+    assert np.array_equal(mesh_occupancy(box.vertices, box.faces, axis), truth)
+
+
+def test_cube_flatness_per_face_finds_a_tilted_underside():
+    box = trimesh.creation.box(extents=(0.8, 0.8, 0.8))
+    vertices = np.array(box.vertices)
+    bottom = vertices[:, 2] < 0
+    vertices[bottom, 2] += 0.2 * vertices[bottom, 0]          # tilt the underside by about 11 degrees
+    faces = surface_metrics(vertices, box.faces, CatalogObject("cube", "red"), n=4000)["faces"]
+    assert set(faces) == {"-x", "+x", "-y", "+y", "-z", "+z"}
+    assert faces["-z"]["flat_share"] == 0.0 and faces["-z"]["normal_error_mean"] > 10
+    assert faces["+z"]["flat_share"] == 1.0 and faces["+z"]["normal_error_mean"] < 1e-3

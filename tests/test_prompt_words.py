@@ -8,7 +8,7 @@ import pytest
 
 from backend.cameras import VIEW_SUFFIXES
 from backend.errors import UserError
-from backend.methods import METHODS
+from backend.methods import METHOD_CLASSES
 from backend.priors.base import NFSD_NEGATIVE_PROMPT
 from backend.priors.shapes import ShapesPrior, unknown_words
 
@@ -43,7 +43,7 @@ def test_filler_plurals_and_view_words_are_fine(prior, prompt, count):
 
 @pytest.mark.parametrize("suffix", VIEW_SUFFIXES)
 def test_view_suffixes_and_every_default_negative_still_work(prior, suffix):
-    negatives = {METHODS[name].default_negative for name in METHODS} | {NFSD_NEGATIVE_PROMPT, None, "a blue sphere"}
+    negatives = {METHOD_CLASSES[name].default_negative for name in METHOD_CLASSES} | {NFSD_NEGATIVE_PROMPT, None, "a blue sphere"}
     for negative in negatives:
         prior.set_prompts(f"a red cube, {suffix}", negative)
         assert [o.name for o in prior.text_objects] == [prior.text_objects[0].name]

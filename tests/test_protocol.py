@@ -24,7 +24,7 @@ def test_a_local_path_setting_is_refused_on_the_wire_but_taken_by_a_local_run():
     with pytest.raises(ProtocolError) as error:
         validate_request({"prompt": "a cube", "source_mesh": "/etc/passwd"})
     assert error.value.field == "source_mesh" and "unknown setting" in error.value.message
-    config = GenerateConfig(prompt="a cube", source="texture", source_mesh="cube.glb").validate()
+    config = GenerateConfig(prompt="a cube", source="texture", source_mesh="cube.glb")
     assert config.source_mesh == "cube.glb"
 
 
@@ -33,7 +33,7 @@ def test_every_value_the_protocol_accepts_at_its_range_ends_is_a_valid_config(na
     spec = REQUEST_FIELDS[name]
     for value in (spec.low, spec.high):
         checked = validate_request({"prompt": "a cube", name: value})
-        GenerateConfig(**{k: v for k, v in checked.items() if k != "preset"}).validate()
+        GenerateConfig(**{k: v for k, v in checked.items() if k != "preset"})
         with pytest.raises(ProtocolError) as error:  # and one step beyond is refused, naming the field
             validate_request({"prompt": "a cube", name: value + (-1 if value == spec.low else 1)})
         assert error.value.field == name and "out of range" in error.value.message

@@ -6,36 +6,26 @@ processes on it), the way a machine drops out of a cluster, and checks that the 
 checkpoint on the node that is left. docs/batch.md, 'A simulated cluster', has the commands and times.
 """
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from backend.errors import UserError
+from tests.batch_helpers import TIMEOUT_S, batch_command, item_status, start
 
-ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT_S = 600  # generous, a hang guard only: the test machine is shared
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # one torch thread per process (test_batch.py)
 DEAD_ADDRESS = "127.0.0.1:1"  # port 1: nothing listens there
 SMALL = {"mesh_resolution": 32, "texture_size": 64, "face_budget": 500, "hash_log2_table": 12}
 NODE = {"num_cpus": 1, "object_store_memory": 100 << 20, "include_dashboard": False}
 STEPS, CHECKPOINT_EVERY = 20, 2  # after the first checkpoint 18 steps are left: time to remove the node
 
 
-def batch_command(spec: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "backend", "batch", str(spec), "--out", str(out), "--preset", "tiny",
-            "--resolution", "24", "--preview-every", "0", "--no-progress", *extra]
-
-
 # ----- a wrong address ------------------------------------------------------------------------------
 
 def test_a_dead_address_fails_at_once_naming_the_address_and_the_fix():
     """ray.init alone retries a dead address for many minutes; connect() probes it first."""
-    from backend.batch.ray_pool import connect
+    from backend.runner.ray_connection import connect
 
     started = time.monotonic()
     with pytest.raises(UserError) as caught:
@@ -87,13 +77,6 @@ def on_node(pid: int, node) -> bool:
     return False
 
 
-def item_status(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "batch_item.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def wait_for_checkpoint_on(node, out: Path, process, timeout_s: float = TIMEOUT_S) -> Path:
     """The folder of an item that trains on `node` and has written a checkpoint (so it is mid-item)."""
     deadline = time.time() + timeout_s
@@ -128,10 +111,8 @@ def test_a_node_lost_mid_item_and_the_item_resumes_from_its_checkpoint_on_the_ot
     spec, out = tmp_path / "spec.json", tmp_path / "out"
     spec.write_text(json.dumps([{"prompt": "a red cube", **SMALL}, {"prompt": "a blue sphere", **SMALL}]))
     # 2 workers on 2 one-CPU nodes: Ray places one actor per node; the driver joins the head's raylet.
-    process = subprocess.Popen(
-        batch_command(spec, out, "--steps", str(STEPS), "--checkpoint-every", str(CHECKPOINT_EVERY), "--seeds", "2",
-                      "--no-export", "--ray", cluster.address, "--workers", "2"),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    process = start(batch_command(spec, out, "--steps", str(STEPS), "--checkpoint-every", str(CHECKPOINT_EVERY),
+                                  "--seeds", "2", "--no-export", "--ray", cluster.address, "--workers", "2"))
     try:
         victim = wait_for_checkpoint_on(second, out, process)
         lost_pid = item_status(victim)["worker"]["pid"]

@@ -15,7 +15,7 @@ import pytest
 from backend import cli
 from backend.config import GenerateConfig, with_preset
 from backend.errors import UserError
-from backend.methods import METHODS as CLASSES
+from backend.methods import METHOD_CLASSES as CLASSES
 from backend.methods import describe_methods, make_method
 from shared import schema
 from shared.protocol import REQUEST_FIELDS, ProtocolError, validate_request
@@ -49,13 +49,13 @@ def test_every_consumer_takes_a_method_option_at_its_range_ends_and_refuses_one_
         made = make_method(method, options=options, max_steps=10)
         assert getattr(made, option) == end
         assert all(0 <= made.timestep(step) <= 999 for step in (0, 5, 10))  # and a run can use it
-        GenerateConfig(prompt="a cube", method=method, method_options=options).validate()
+        GenerateConfig(prompt="a cube", method=method, method_options=options)
         validate_request({"prompt": "a cube", "method": method, "method_options": options})
         needle = f"{method} option {option} = {beyond!r} is out of range"
         with pytest.raises(UserError, match=needle):
             make_method(method, options={option: beyond})
         with pytest.raises(UserError, match=needle):
-            GenerateConfig(prompt="a cube", method=method, method_options={option: beyond}).validate()
+            GenerateConfig(prompt="a cube", method=method, method_options={option: beyond})
         with pytest.raises(ProtocolError, match=needle) as error:
             validate_request({"prompt": "a cube", "method": method, "method_options": {option: beyond}})
         assert error.value.field == f"method_options.{option}"
@@ -70,7 +70,7 @@ def test_choices_unknown_options_and_options_of_another_method_are_refused_every
         with pytest.raises(UserError, match=needle):
             make_method(method, options=options)
         with pytest.raises(UserError, match=needle):
-            GenerateConfig(prompt="a cube", method=method, method_options=options).validate()
+            GenerateConfig(prompt="a cube", method=method, method_options=options)
         with pytest.raises(ProtocolError, match=needle):
             validate_request({"prompt": "a cube", "method": method, "method_options": options})
     # a request without "method" gets the default method's options
@@ -89,7 +89,7 @@ def test_the_protocol_and_the_config_name_the_schema_methods_and_presets():
         assert preset.name == name and preset.label and preset.description
         # every preset value is a request field the protocol accepts, and the config takes it as it is
         validate_request({"prompt": "a cube", "preset": name, **preset.settings})
-        config = with_preset(name, prompt="a cube").validate()
+        config = with_preset(name, prompt="a cube")
         assert {key: getattr(config, key) for key in preset.settings} == preset.settings
     with pytest.raises(UserError, match="unknown preset 'demo': use one of tiny, draft"):
         with_preset("demo", prompt="a cube")

@@ -90,13 +90,13 @@ def test_f1_a_worker_that_segfaults_or_is_killed_fails_its_job_and_is_restarted(
         while client.status(killed)["step"] < 1:  # running in the (restarted) worker process
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        pid = server.worker_pids()["cpu"]
+        pid = server.job_process_pids()["cpu"]
         os.kill(pid, signal.SIGKILL)
         assert "SIGKILL" in wait_state(client, killed, ("failed",), 60)["message"]
         assert on_disk(tmp_path, killed)["state"] == "failed"
         after = client.submit({**TINY, "prompt": "a cone"})
         assert client.wait(after, timeout_s=60)["state"] == "done"
-        assert server.worker_pids()["cpu"] != pid
+        assert server.job_process_pids()["cpu"] != pid
 
 
 def test_f1_cancel_still_reaches_a_job_in_its_worker_process_quickly(tmp_path):
@@ -129,7 +129,7 @@ def test_f2_commands_are_answered_while_a_job_holds_the_gil(tmp_path):
 def test_worker_nice_gives_the_job_processes_a_lower_cpu_priority_than_the_server(tmp_path):
     with running_server(tmp_path, worker_nice=3) as server, connect(server) as client:
         assert client.wait(client.submit({**TINY, "prompt": "a cube"}), timeout_s=60)["state"] == "done"
-        worker = server.worker_pids()["cpu"]
+        worker = server.job_process_pids()["cpu"]
         assert os.getpriority(os.PRIO_PROCESS, worker) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 3)
 
 
@@ -256,7 +256,7 @@ def test_a_submit_the_data_folder_cannot_take_gets_a_one_line_error_naming_it(tm
 def test_a_corrupt_checkpoint_tells_a_server_user_to_resubmit_not_to_use_a_cli_flag(tmp_path):
     from backend.checkpoint import load_checkpoint
     from backend.errors import UserError
-    from backend.server.job_process import describe_failure
+    from backend.runner.failures import describe_failure
 
     (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
     with pytest.raises(UserError) as error:

@@ -40,7 +40,8 @@ def test_a_crashing_job_fails_with_what_to_do_and_the_next_job_still_runs(tmp_pa
         assert "crashed at step 2" in status["message"] and "NaN" in status["message"]
         assert "lower lr" in status["message"] and status["error_type"] == "RuntimeError"
         refused = client.submit({"prompt": "bad prompt", "preset": "tiny", "steps": 10})
-        assert "name a shape" in wait_state(client, refused, ("failed",))["message"]
+        failed = wait_state(client, refused, ("failed",))
+        assert "name a shape" in failed["message"] and failed["field"] == "prompt"  # the field reaches the panel
         fine = client.submit({"prompt": "a cube", "preset": "tiny", "steps": 3})
         assert client.wait(fine, timeout_s=30)["state"] == "done"
 
@@ -102,6 +103,30 @@ def test_recovery_requeues_running_jobs_and_fails_what_cannot_run_with_the_reaso
     on_disk = json.loads((finished.parent / "doomed" / "status.json").read_text())
     assert on_disk["state"] == "failed"  # written back, so the decision survives another restart
     assert all(job.state != "running" for job in store.newest_first(100))
+
+
+def test_a_restarted_server_builds_each_stored_request_once_and_fails_one_it_no_longer_accepts(tmp_path):
+    """request.json is a boundary: the restarted server builds the job's config from it (not the job
+    process), so a request this backend no longer takes fails before it reaches a runner."""
+    write_job(tmp_path, "waiting", "queued", created=1.0)
+    stale = write_job(tmp_path, "stale", "queued", created=2.0)
+    (stale / "request.json").write_text(json.dumps({"prompt": "a cube", "preset": "tiny", "steps": 500_000_000}))
+    tampered = write_job(tmp_path, "tampered", "queued", created=3.0)
+    (tampered / "request.json").write_text(json.dumps({"prompt": "a cube", "stepz": 4}))
+    executors = {}
+
+    def factory(device):
+        executors[device] = ScriptedExecutor(device)
+        return executors[device]
+
+    with running_server(tmp_path, executor_factory=factory) as server, connect(server) as client:
+        assert client.wait("waiting", timeout_s=30)["state"] == "done"
+        failed, unknown = client.status("stale"), client.status("tampered")
+    assert failed["state"] == "failed" and failed["error_type"] == "ProtocolError"
+    assert "no longer valid" in failed["message"] and failed["field"] == "steps"
+    assert unknown["state"] == "failed" and unknown["field"] == "stepz"
+    assert [spec.job_id for spec in executors["cpu"].specs] == ["waiting"]
+    assert executors["cpu"].specs[0].config.steps == 4  # the stored request, built into the config
 
 
 def test_status_writes_are_atomic_and_leave_no_temp_files(tmp_path):
@@ -169,4 +194,5 @@ def test_the_job_executor_is_a_seam_another_executor_can_fill(tmp_path):
         assert [e["step"] for e in events if e["type"] == "progress"] == [1]
         assert client.status(job)["state"] == "done"
     spec = executors["cpu"].specs[0]
-    assert spec.job_id == job and spec.prior == "some/model" and spec.device == "cpu" and not spec.resume
+    assert spec.job_id == job and spec.config.prior == "some/model" and spec.config.device == "cpu" and not spec.resume
+    assert spec.config.steps == 1 and spec.config.prompt == "a cube"  # the config built at submit, not the request

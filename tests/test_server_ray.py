@@ -8,10 +8,10 @@ import json
 import pytest
 from PIL import Image
 
-from backend.batch import ray_pool
 from backend.priors import load_prior
-from backend.server.job_process import WorkerOptions
-from backend.server.ray_executor import RayExecutor
+from backend.runner import ray_connection
+from backend.runner.job_runner import RunnerOptions
+from backend.runner.ray_executor import RayExecutor
 from shared.client import Client
 from tests.server_fakes import SMALL, CountingLoader, collect, fake_train, running_server, wait_state
 
@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray_pool.connect(ray_pool.LOCAL)
+    ray_connection.connect(ray_connection.LOCAL)
     yield
-    ray_pool.disconnect()
+    ray_connection.disconnect()
 
 
 def on_ray(options):
@@ -41,7 +41,7 @@ def test_jobs_on_ray_stream_previews_finish_with_files_keep_the_prior_and_cancel
     from backend.train import train
 
     loader = CountingLoader(load_prior, log=tmp_path / "prior-loads.jsonl")  # runs in the actor: logs to a file
-    options = WorkerOptions(train_fn=train, prior_loader=loader)
+    options = RunnerOptions(train_fn=train, prior_loader=loader)
     with running_server(tmp_path / "data", executor_factory=on_ray(options)) as server, client_for(server) as client:
         client.subscribe()
         job = client.submit({**SMALL, "steps": 6, "preview_every": 3, "coarse_mesh_every": 0, "checkpoint_every": 3})
@@ -72,12 +72,12 @@ def test_jobs_on_ray_stream_previews_finish_with_files_keep_the_prior_and_cancel
 def test_a_lost_ray_actor_fails_its_job_and_the_next_job_gets_a_new_actor(local_ray, tmp_path):
     import ray
 
-    options = WorkerOptions(train_fn=functools.partial(fake_train, step_s=0.05))
+    options = RunnerOptions(train_fn=functools.partial(fake_train, step_s=0.05))
     with running_server(tmp_path, executor_factory=on_ray(options)) as server, client_for(server) as client:
         client.subscribe()
         doomed = client.submit({"prompt": "a cube", "preset": "tiny", "steps": 5000})
         collect(client, lambda events: any(e["step"] >= 2 for e in of_type(events, doomed, "progress")), 120)
-        executor = server._workers["cpu"].executor
+        executor = server._devices["cpu"].executor
         ray.kill(executor.actor)
         status = wait_state(client, doomed, ("failed",), 60)
         assert status["error_type"] == "WorkerLost" and "Ray worker" in status["message"]
@@ -88,7 +88,7 @@ def test_a_lost_ray_actor_fails_its_job_and_the_next_job_gets_a_new_actor(local_
 
 
 def test_stopping_the_server_mid_job_on_ray_checkpoints_and_requeues_it(local_ray, tmp_path):
-    options = WorkerOptions(train_fn=functools.partial(fake_train, step_s=0.05))
+    options = RunnerOptions(train_fn=functools.partial(fake_train, step_s=0.05))
     with running_server(tmp_path, executor_factory=on_ray(options)) as server, client_for(server) as client:
         client.subscribe()
         job = client.submit({"prompt": "a cube", "preset": "tiny", "steps": 5000, "checkpoint_every": 100000})

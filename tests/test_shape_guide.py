@@ -15,6 +15,7 @@ from backend.events import Progress
 from backend.export.frames import to_gltf
 from backend.metrics import evaluate, grid_points, occupancy, volume_iou
 from backend.nerf import NeRFModel
+from backend.nerf.shape_start import shape_bias
 from backend.priors.shapes_world import sdf_cube, sdf_cylinder, sdf_sphere
 from backend.texture.mesh_input import FIT_RADIUS
 from backend.train import train
@@ -107,15 +108,15 @@ def test_the_bias_and_its_gradient_agree_and_the_autograd_path_matches():
     shape_guide.set_shape(model, shape_guide.mesh_sdf_grid(*_cube_arrays()), LEVEL)
     field = model.field
     points = torch.rand(4000, 3, generator=torch.Generator().manual_seed(1)) * 1.2 - 0.6
-    bias, grad = shape_guide.shape_bias(field.shape_grid, field.shape_settings, points)
+    bias, grad = shape_bias(field.shape_grid, field.shape_settings, points)
     # finite differences of the bias where it is not clamped (the thin shell around the surface): the
     # same direction (the gradient grid is central differences of the sdf, so not to the last digit)
     level_raw, _, floor, ceiling = field.shape_settings[:4].tolist()
     shell = (bias > floor + 1.0) & (bias < ceiling - 1.0)
     step = 1e-4
     numeric = torch.stack([
-        (shape_guide.shape_bias(field.shape_grid, field.shape_settings, points + offset)[0]
-         - shape_guide.shape_bias(field.shape_grid, field.shape_settings, points - offset)[0]) / (2 * step)
+        (shape_bias(field.shape_grid, field.shape_settings, points + offset)[0]
+         - shape_bias(field.shape_grid, field.shape_settings, points - offset)[0]) / (2 * step)
         for offset in torch.eye(3) * step], dim=1)
     cosine = torch.nn.functional.cosine_similarity(numeric[shell], grad[shell], dim=1)
     assert shell.sum() >= 5 and (cosine > 0.95).float().mean() >= 0.9

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.cameras import orbit_cameras
+from backend.cameras import orbit_cameras, view_suffix
 from backend.errors import UserError
-from backend.methods import METHODS, gradient_loss, make_method
+from backend.methods import METHOD_CLASSES, gradient_loss, make_method
 from backend.priors import load_prior
 from backend.priors.base import NEGATIVE, NFSD_NEGATIVE_PROMPT, TEXT, UNCOND, NoiseSchedule, View
 from backend.priors.sd_loading import DEFAULT_MODEL
@@ -64,6 +64,43 @@ class CallCounter:
     def __init__(self, module):
         self.batches = []
         module.register_forward_hook(lambda _m, args, _out: self.batches.append(args[0].shape[0]))
+
+
+class UNetInputs:
+    """Records the timesteps [N] and text embeddings [N, L, D] of each UNet call."""
+
+    def __init__(self, unet):
+        self.timesteps, self.embeddings = [], []
+        unet.register_forward_hook(self._record, with_kwargs=True)
+
+    def _record(self, _module, args, kwargs, _out):
+        self.timesteps.append(args[1].clone())
+        self.embeddings.append(kwargs["encoder_hidden_states"].clone())
+
+
+@pytest.fixture(scope="module")
+def pipeline(sd_folder):
+    """The same folder loaded by diffusers' own StableDiffusionPipeline: the reference for what the prior
+    feeds its UNet (the pipeline's text encoding) and what the UNet answers."""
+    from diffusers import StableDiffusionPipeline
+    return StableDiffusionPipeline.from_pretrained(sd_folder, safety_checker=None, requires_safety_checker=False)
+
+
+@torch.no_grad()
+def pipeline_embeddings(pipeline, prompts) -> torch.Tensor:
+    """[N, L, D]: the pipeline's own text-encoder output (encode_prompt, no guidance) for each prompt."""
+    return torch.cat([pipeline.encode_prompt(p, "cpu", 1, False)[0] for p in prompts])
+
+
+@torch.no_grad()
+def pipeline_noise(pipeline, z, t, prompts) -> torch.Tensor:
+    """[N, 4, h, w]: the pipeline's UNet on z [N] at timesteps t [N], sample i conditioned on prompts[i]."""
+    return pipeline.unet(z, t, encoder_hidden_states=pipeline_embeddings(pipeline, prompts)).sample
+
+
+def matches(a, b) -> bool:
+    """Equal up to the float32 noise of a batched against a separate UNet call (the tolerance used here)."""
+    return torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
 # ---- loading ---------------------------------------------------------------------------------------
@@ -214,22 +251,32 @@ def test_a_prompt_longer_than_clips_context_is_warned_about(prior, caplog):
     assert "any words past that are ignored" in caplog.text
 
 
-def test_view_dependent_text_is_chosen_per_camera(prior):
+def test_view_dependent_text_is_chosen_per_camera(prior, pipeline):
     # front, side, back, overhead; the same z and t for all four cameras
+    suffixes = ("front view", "side view", "back view", "overhead view")
     view = make_view([0.0, 10.0, 20.0, 70.0], [10.0, -100.0, 170.0, 0.0])
     z = torch.randn(1, 4, 8, 8).expand(4, -1, -1, -1)
     t = torch.full((4,), 400)
     prior.set_prompts(PROMPT, view_dependent=True)
+    unet_inputs = UNetInputs(prior.unet)
     per_camera = prior.predict_noise(z, t, (TEXT,), view)[0]
-    for i, suffix in enumerate(("front view", "side view", "back view", "overhead view")):
+    # camera i is conditioned on the pipeline's encoding of "PROMPT, <its own view>" and on no other view's
+    # (so the four view prompts do encode apart, and a camera given a wrong view would fail)
+    view_prompts = [f"{PROMPT}, {s}" for s in suffixes]
+    given, own = unet_inputs.embeddings[0], pipeline_embeddings(pipeline, view_prompts)
+    assert [[matches(given[i], own[j]) for j in range(4)] for i in range(4)] == \
+        [[i == j for j in range(4)] for i in range(4)]
+    torch.testing.assert_close(per_camera, pipeline_noise(pipeline, z, t, view_prompts), atol=1e-5, rtol=1e-4)
+    for i, suffix in enumerate(suffixes):
         prior.set_prompts(f"{PROMPT}, {suffix}", view_dependent=False)
         expected = prior.predict_noise(z[:1], t[:1], (TEXT,), make_view([0.0], [0.0]))[0, 0]
         torch.testing.assert_close(per_camera[i], expected, atol=1e-5, rtol=1e-4)
-    assert (per_camera[0] - per_camera[2]).abs().max() > 1e-3  # the views really differ
 
     prior.set_prompts(PROMPT, view_dependent=False)
     plain = prior.predict_noise(z, t, (TEXT,), view)[0]
     torch.testing.assert_close(plain[0], plain[3])  # no suffix: every camera gets the plain prompt
+    torch.testing.assert_close(unet_inputs.embeddings[-1], pipeline_embeddings(pipeline, [PROMPT] * 4),
+                               atol=1e-5, rtol=1e-4)
 
 
 def test_view_indices_on_the_device_agree_with_view_suffix():
@@ -245,7 +292,7 @@ def test_view_indices_on_the_device_agree_with_view_suffix():
 
 # ---- noise prediction --------------------------------------------------------------------------------
 
-def test_one_batched_unet_call_equals_separate_calls(prior):
+def test_one_batched_unet_call_equals_separate_calls(prior, pipeline):
     prior.set_prompts(PROMPT, NFSD_NEGATIVE_PROMPT)
     unet_calls = CallCounter(prior.unet)
     view = random_view(2)
@@ -256,20 +303,32 @@ def test_one_batched_unet_call_equals_separate_calls(prior):
     for i, condition in enumerate((TEXT, UNCOND, NEGATIVE)):
         alone = prior.predict_noise(z, t, (condition,), view)[0]
         torch.testing.assert_close(together[i], alone, atol=1e-5, rtol=1e-4)
-    assert (together[0] - together[1]).abs().max() > 1e-3
+    # each slice of the batch is the pipeline's UNet for its own condition, and for no other: TEXT is the
+    # prompt with each camera's view suffix (view-dependent by default), UNCOND "", NEGATIVE the negative
+    suffixes = [view_suffix(e, a) for e, a in zip(view.cameras.elevation.tolist(), view.cameras.azimuth.tolist())]
+    expected = [pipeline_noise(pipeline, z, t, prompts) for prompts in
+                ([f"{PROMPT}, {s}" for s in suffixes], ["", ""], [NFSD_NEGATIVE_PROMPT] * 2)]
+    assert [[matches(together[i], expected[j]) for j in range(3)] for i in range(3)] == \
+        [[i == j for j in range(3)] for i in range(3)]
 
 
-def test_prediction_follows_the_timestep_per_sample(prior):
+def test_prediction_follows_the_timestep_per_sample(prior, pipeline):
     prior.set_prompts(PROMPT)
     view = random_view(2)
     z = torch.randn(1, 4, 8, 8).expand(2, -1, -1, -1)
+    unet_inputs = UNetInputs(prior.unet)
     e = prior.predict_noise(z, torch.tensor([900, 100]), (UNCOND,), view)[0]
+    assert unet_inputs.timesteps[0].tolist() == [900, 100]  # the UNet is given each sample's own t
     for i, t in enumerate((900, 100)):  # each sample is the prediction at its own timestep, alone
         alone = prior.predict_noise(z[:1], torch.tensor([t]), (UNCOND,), random_view(1))[0, 0]
         torch.testing.assert_close(e[i], alone, atol=1e-5, rtol=1e-4)
     swapped = prior.predict_noise(z, torch.tensor([100, 900]), (UNCOND,), view)[0]
     torch.testing.assert_close(swapped.flip(0), e, atol=1e-5, rtol=1e-4)
-    assert (e[0] - e[1]).abs().max() > 1e-3  # and the random UNet does depend on t
+    # sample i is the pipeline's UNet at its own t and not at the other sample's t: the same z read at the
+    # other timestep gives a different prediction, so a sample given the wrong t would fail here
+    at = {t: pipeline_noise(pipeline, z[:1], torch.tensor([t]), [""])[0] for t in (900, 100)}
+    assert [(matches(e[i], at[own]), matches(e[i], at[other])) for i, own, other in ((0, 900, 100), (1, 100, 900))] \
+        == [(True, False), (True, False)]
 
 
 def test_v_prediction_models_are_converted_to_noise(sd_folder, tmp_path, prior):
@@ -399,7 +458,7 @@ def test_perp_neg_adds_the_empty_prompt_when_a_method_asks_only_for_text(prior):
 
 # ---- methods -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(METHOD_CLASSES))
 @pytest.mark.parametrize("perp_neg", [False, True])
 def test_every_method_takes_steps_with_stable_diffusion(sd_folder, name, perp_neg):
     prior = StableDiffusionPrior.load(sd_folder, offline=True, perp_neg=perp_neg)

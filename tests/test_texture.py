@@ -15,10 +15,11 @@ from backend.config import with_preset
 from backend.errors import UserError
 from backend.export.frames import to_gltf
 from backend.priors.shapes_world import COLORS, CatalogObject
-from backend.texture.bake import CORNER_UV, bake_texture, read_corner_uv
+from backend.texture.bake import bake_texture, read_corner_uv
 from backend.texture.mesh_input import (FIT_RADIUS, MAX_FACES, check, fit, load_source_mesh, save_upload,
                                         source_mesh_from_arrays)
 from backend.texture.raycast import MeshRaycaster
+from shared.results import CORNER_UV
 from backend.texture.train_texture import train_texture
 from backend.texture.truth import catalog_mesh, catalog_trimesh, sample_surface, texture_lookup
 

@@ -66,6 +66,31 @@ def test_stop_writes_a_checkpoint_and_resume_continues_from_it(tmp_path):
     assert model.density(torch.zeros(1, 3)).item() > 0
 
 
+
+def test_a_trainer_driven_by_hand_reads_previews_and_checkpoints_without_changing_the_run(tmp_path):
+    """What the server, batch and CLI get through train(), a caller gets by stepping a Trainer itself;
+    reading back, previewing and checkpointing between steps change nothing about the run."""
+    from backend.train import Trainer
+
+    config = with_preset("tiny", prompt="a red cube", steps=6, checkpoint_every=0, preview_every=0,
+                         export_mesh=False)
+    calls = iter(range(1000))
+    reference = train(config, tmp_path / "train", should_stop=lambda: next(calls) >= 4)
+    events = []
+    trainer = Trainer(config, tmp_path / "hand", on_event=events.append)
+    trainer.step(), trainer.step()
+    assert trainer.step_index == 2 and not trainer.done and trainer.read_back() == trainer.loss > 0
+    image = trainer.preview()
+    assert (tmp_path / "hand" / "previews" / "step_00002.png").exists() and image.shape[-1] == 3
+    assert load_checkpoint(trainer.checkpoint())["step"] == 2
+    trainer.step(), trainer.step()
+    result = trainer.stop()
+    assert result.stopped and [e.step for e in events if isinstance(e, (Progress, Preview))] == [1, 2, 2, 3, 4]
+    ours, theirs = load_checkpoint(result.outputs["checkpoint.pt"]), load_checkpoint(reference.outputs["checkpoint.pt"])
+    assert ours["step"] == theirs["step"] == 4 and torch.equal(ours["generator"], theirs["generator"])
+    assert all(torch.equal(ours["model"][k], theirs["model"][k]) for k in theirs["model"])
+
+
 def test_progressive_levels_schedule():
     config = with_preset("standard", prompt="x", steps=10000, hash_levels_every=500, hash_levels_after=2000).resolved()
     assert [active_levels(s, config) for s in (0, 1999, 2000, 2499, 2500, 6000, 9999)] == [8, 8, 9, 9, 10, 16, 16]

@@ -1,8 +1,9 @@
 """Batch generation: many prompts x seeds x methods, one after another in-process or spread over a
 Ray cluster, each item written exactly as a single `generate` writes it (docs/batch.md).
 
-spec.py reads and validates the rows, worker.py runs items (also as a Ray actor), ray_pool.py places
-workers on Ray, index.py keeps DIR/batch.json, select.py ranks seeds, sheet.py draws the contact
+spec.py reads and validates the rows (each a GenerateConfig, valid by construction), item_runner.py
+runs items (also as a Ray actor), ray_pool.py places item runners on Ray (through the Ray connection
+and prior cache of backend/runner/, which the server shares), index.py keeps DIR/batch.json, select.py ranks seeds, sheet.py draws the contact
 sheet, run.py ties them together and cli.py is the `batch` subcommand.
 """
 from __future__ import annotations

@@ -12,16 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from shared.version import __version__
+from shared.results import CHECKPOINT, MESH, MTL, OBJ, REPORT, TEXTURE, TURNTABLE
 
 from ..fileio import write_atomic
 from .spec import Invalid, Item
-from .worker import read_status
+from .item_runner import read_status
 
 INDEX_FILE = "batch.json"
 # What a single generate writes, in the order a person wants them.
-OUTPUT_FILES = ("report.json", "turntable.png", "mesh.glb", "mesh.obj", "mesh.mtl", "texture.png", "checkpoint.pt")
+OUTPUT_FILES = (REPORT, TURNTABLE, MESH, OBJ, MTL, TEXTURE, CHECKPOINT)
 STATES = ("pending", "running", "done", "failed", "invalid")
-# What an item's batch_item.json (worker.py) adds to its batch.json entry.
+# What an item's batch_item.json (item_runner.py) adds to its batch.json entry.
 STATUS_KEYS = ("attempt", "worker", "resumed_from_step", "prior_load_s", "prior_reused", "train_s", "wall_s",
                "steps_done", "metrics", "error", "started", "finished", "export_error")
 
@@ -54,14 +55,14 @@ class BatchIndex:
             record.pop(key, None)
             if key in status:
                 record[key] = status[key]
-        if (folder / "report.json").exists():
+        if (folder / REPORT).exists():
             record["state"] = "done"
             record.pop("error", None)
-            if "ground_truth" in (report := json.loads((folder / "report.json").read_text())):
+            if "ground_truth" in (report := json.loads((folder / REPORT).read_text())):
                 record["metrics"] = {**record.get("metrics", {}), **report["ground_truth"]}
         elif status.get("state") == "failed":
             record["state"] = "failed"
-        record["checkpoint"] = (folder / "checkpoint.pt").exists()
+        record["checkpoint"] = (folder / CHECKPOINT).exists()
         record["paths"] = {name: f"{item_id}/{name}" for name in OUTPUT_FILES if (folder / name).exists()}
 
     def done_ids(self) -> set[str]:
@@ -75,7 +76,7 @@ class BatchIndex:
         self.items[item_id].update(state="running", error=None, dispatched=time.time())
 
     def finish(self, outcome: dict[str, Any]) -> None:
-        """Merge a worker's outcome (worker.Worker.run) and what the item's folder now holds."""
+        """Merge an item runner's outcome (item_runner.BatchItemRunner.run) and what the item's folder now holds."""
         record = self.items[outcome["id"]]
         record.pop("step", None)  # only meaningful while it trains
         # handed out -> outcome back, as the driver saw it; minus the worker's wall_s: the scheduling overhead

@@ -12,7 +12,7 @@ from .progress import BatchBar
 from .select import mark_best
 from .sheet import write_contact_sheet
 from .spec import Invalid, Item
-from .worker import Worker
+from .item_runner import BatchItemRunner
 
 INDEX_EVERY_S = 2.0  # batch.json rewrites while items train (their steps), besides one per state change
 
@@ -32,7 +32,7 @@ def run_batch(items: list[Item], invalid: list[Invalid], options: BatchOptions,
     mode = f"ray {options.ray}" if options.ray else "in-process"
     index = BatchIndex(out, items, invalid, {**(meta or {}), "mode": mode, "keep_best": options.keep_best})
     index.mark_reused()
-    todo = [{"id": item.id, "settings": item.config.to_dict()} for item in items if item.id not in index.done_ids()]
+    todo = [{"id": item.id, "config": item.config} for item in items if item.id not in index.done_ids()]
     index.write()
     bar = BatchBar(len(items), len(items) - len(todo), enabled=options.show_progress)
     for bad in invalid:
@@ -60,14 +60,15 @@ def run_batch(items: list[Item], invalid: list[Invalid], options: BatchOptions,
 
     try:
         if todo and options.ray:
-            from . import ray_pool
+            from ..runner import ray_connection
+            from .ray_pool import run_on_ray
 
-            index.meta.update(ray_pool.connect(options.ray))
+            index.meta.update(ray_connection.connect(options.ray))
             try:
-                index.meta.update(ray_pool.run_on_ray(todo, str(out), options.workers, on_start, on_outcome, on_tick,
-                                                      stop_requested))
+                index.meta.update(run_on_ray(todo, str(out), options.workers, on_start, on_outcome, on_tick,
+                                             stop_requested))
             finally:
-                ray_pool.disconnect()
+                ray_connection.disconnect()
         elif todo:
             run_in_process(todo, str(out), on_start, on_outcome, on_tick, stop_requested)
     finally:  # also on a second Ctrl-C: whatever finished is indexed and on the sheet
@@ -77,20 +78,20 @@ def run_batch(items: list[Item], invalid: list[Invalid], options: BatchOptions,
 
 
 def run_in_process(payloads: list[dict], out: str, on_start, on_outcome, on_tick, stop_requested) -> None:
-    """Items one after another on this process's device, one Worker (so one loaded prior)."""
-    worker = Worker()
+    """Items one after another on this process's device, one BatchItemRunner (so one loaded prior)."""
+    runner = BatchItemRunner()
 
     def on_event(event) -> None:
         if stop_requested():
-            worker.stop()
-        snapshot = worker.progress()
+            runner.stop()
+        snapshot = runner.progress()
         on_tick({snapshot["id"]: snapshot} if snapshot else {})
 
     for payload in payloads:
         if stop_requested():
             break
         on_start(payload["id"])
-        on_outcome(worker.run(payload, out, on_event=on_event))
+        on_outcome(runner.run(payload, out, on_event=on_event))
 
 
 def finish(index: BatchIndex, keep_best: int) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from shared.results import TURNTABLE
+
 from ..pictures import grid, save_png
 
 TILE = (256, 128)      # a turntable is 4 x 2 views; shrunk or grown to this size
@@ -53,6 +55,6 @@ def write_contact_sheet(out: Path, records: list[dict[str, Any]], name: str = "c
         padded = row + [None] * (-len(row) % columns)  # each prompt starts a new row
         for record in padded:
             paths = (record or {}).get("paths", {})
-            images.append(tile(out / paths["turntable.png"] if "turntable.png" in paths else None))
+            images.append(tile(out / paths[TURNTABLE] if TURNTABLE in paths else None))
             labels.append(label(record) if record else "")
     return save_png(grid(images, labels, columns=columns), Path(out) / name)

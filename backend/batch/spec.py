@@ -6,8 +6,8 @@
 
 A row becomes one item per (method, seed): a row's own "method"/"seed" pins it, otherwise the
 batch's --methods and --seeds expand it. Each item is checked with the same validation as a single
-`generate` (shared.protocol's request schema, then GenerateConfig.validate and the method's own
-option checks); a bad row becomes an `Invalid` naming the row and the field, and the others still run.
+`generate` (shared.protocol's request schema, then the GenerateConfig, which checks itself when
+built, and the method's own option checks), once, here; a bad row becomes an `Invalid` naming the row and the field, and the others still run.
 """
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def _row_items(row: Row, defaults: dict[str, Any], preset: str, methods: list[st
     items = []
     for method in row_methods:
         for seed in row_seeds:
-            config = with_preset(row_preset, **{**defaults, **values, "method": method, "seed": seed}).validate()
+            config = with_preset(row_preset, **{**defaults, **values, "method": method, "seed": seed})
             make_method(config.method, cfg=config.cfg, options=config.method_options, max_steps=config.steps,
                         seed=config.seed)  # the method's own option checks, before any work starts
             items.append(Item(item_id(config), row.number, config))

@@ -5,7 +5,6 @@ frames.to_gltf; docs/frames.md). Blender's glTF importer, and its OBJ importer w
 """
 from __future__ import annotations
 
-import io
 import json
 import struct
 from dataclasses import dataclass
@@ -15,12 +14,16 @@ import numpy as np
 import trimesh
 from PIL import Image
 
+from shared import results
+
 from ..fileio import write_atomic
 from ..pictures import png_bytes
 
-GLB, OBJ, MTL, TEXTURE = "mesh.glb", "mesh.obj", "mesh.mtl", "texture.png"
-NORMAL_TEXTURE = "texture_normal.png"   # the tangent-space normal map (normal_map.py), when baked
+# The file names clients fetch (shared/results.py).
+GLB, OBJ, MTL = results.MESH, results.OBJ, results.MTL
+TEXTURE, NORMAL_TEXTURE = results.TEXTURE, results.NORMAL_TEXTURE
 MATERIAL = "albedo"
+HEADER = "Distill3D mesh: +Y up, front toward +Z"
 
 
 @dataclass
@@ -62,13 +65,9 @@ def glb_bytes(asset: Asset) -> bytes:
         material = trimesh.visual.material.PBRMaterial(
             name=MATERIAL, baseColorTexture=Image.fromarray(asset.texture), metallicFactor=0.0,
             roughnessFactor=1.0, normalTexture=normal)
-        # trimesh keeps UVs with v up (OBJ's convention) and flips them when it writes glTF
-        visual = trimesh.visual.TextureVisuals(uv=_v_up(asset.uv), material=material)
     else:
-        visual = trimesh.visual.ColorVisuals(vertex_colors=asset.colors)
-    mesh = trimesh.Trimesh(asset.vertices, asset.faces, vertex_normals=asset.normals, visual=visual,
-                           process=False)
-    glb = mesh.export(file_type="glb", include_normals=True)
+        material = None
+    glb = _trimesh(asset, material).export(file_type="glb", include_normals=True)
     return glb if asset.tangents is None else with_tangents(glb, asset.tangents)
 
 
@@ -97,25 +96,28 @@ def with_tangents(glb: bytes, tangents: np.ndarray) -> bytes:
 
 
 def obj_text(asset: Asset) -> str:
-    """Wavefront OBJ text. With a texture it points at mesh.mtl; without one (the vertex-color
-    fallback) it has no material and the colors follow each position ("v x y z r g b"), which
-    Blender's and trimesh's importers read as a color attribute."""
-    out = io.StringIO()
-    out.write("# Distill3D mesh: +Y up, front toward +Z\n")
+    """Wavefront OBJ text, written by trimesh: positions, v-up UVs, the given normals, and faces
+    "f v/vt/vn" (one index for all three, as the GLB shares them). With a texture it names mesh.mtl
+    and its material; without one (the vertex-color fallback) the colors follow each position
+    ("v x y z r g b"), which Blender's and trimesh's importers read as a color attribute.
+
+    The material here carries no image on purpose: trimesh would encode the texture a second time and
+    write its own MTL, which names the image after the material (albedo.png, not texture.png) and
+    drops the normal map, so mesh.mtl is mtl_text's."""
+    material = None if asset.texture is None else trimesh.visual.material.SimpleMaterial(name=MATERIAL)
+    return trimesh.exchange.obj.export_obj(_trimesh(asset, material), include_normals=True, digits=6,
+                                           mtl_name=MTL, header=HEADER)
+
+
+def _trimesh(asset: Asset, material) -> trimesh.Trimesh:
+    """The asset as one trimesh mesh, unprocessed (no merged vertices): with UVs and `material`, or
+    with vertex colors when the asset has no texture."""
     if asset.texture is not None:
-        out.write(f"mtllib {MTL}\n")
-        np.savetxt(out, asset.vertices, fmt="v %.6f %.6f %.6f")
-        np.savetxt(out, _v_up(asset.uv), fmt="vt %.6f %.6f")
+        # trimesh keeps UVs with v up (OBJ's convention) and flips them when it writes glTF
+        visual = trimesh.visual.TextureVisuals(uv=_v_up(asset.uv), material=material)
     else:
-        np.savetxt(out, np.hstack([asset.vertices, asset.colors / 255.0]), fmt="v %.6f %.6f %.6f %.4f %.4f %.4f")
-    np.savetxt(out, asset.normals, fmt="vn %.5f %.5f %.5f")
-    f = asset.faces + 1
-    if asset.texture is not None:
-        out.write(f"usemtl {MATERIAL}\n")
-        np.savetxt(out, np.repeat(f, 3, axis=1), fmt="f %d/%d/%d %d/%d/%d %d/%d/%d")
-    else:
-        np.savetxt(out, np.repeat(f, 2, axis=1), fmt="f %d//%d %d//%d %d//%d")
-    return out.getvalue()
+        visual = trimesh.visual.ColorVisuals(vertex_colors=asset.colors)
+    return trimesh.Trimesh(asset.vertices, asset.faces, vertex_normals=asset.normals, visual=visual, process=False)
 
 
 def mtl_text(normal_map: bool = False) -> str:

@@ -22,6 +22,7 @@ def make_manifold(vertices: np.ndarray, faces: np.ndarray, rounds: int = 10) -> 
     closed. New vertices are appended; unreferenced ones are kept (callers drop them)."""
     vertices, faces = np.asarray(vertices, np.float64), np.asarray(faces, np.int64).reshape(-1, 3)
     for round_ in range(rounds):
+        faces = same_position(vertices)[faces]
         faces = drop_coincident(faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2])
                                       & (faces[:, 2] != faces[:, 0])])
         bad = non_manifold_faces(faces, len(vertices))
@@ -36,6 +37,16 @@ def make_manifold(vertices: np.ndarray, faces: np.ndarray, rounds: int = 10) -> 
         faces = faces[~bad]
         vertices, faces = close_holes(vertices, faces)
     raise NotManifold(f"the mesh is still not a closed manifold after {rounds} rounds of mending")
+
+
+def same_position(vertices: np.ndarray) -> np.ndarray:
+    """[V] index of the first vertex at each vertex's float32 position: the files store float32, so
+    vertices equal there are one vertex to any reader. Two holes closed at the same place (a thin
+    part cut through, both sides closed by a fan around the same centroid) are then back-to-back
+    faces on the same vertices, which drop_coincident removes."""
+    key = np.ascontiguousarray(np.asarray(vertices, np.float32)).view(np.dtype((np.void, 12))).ravel()
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return first[inverse.ravel()]
 
 
 class NotManifold(RuntimeError):

@@ -1,7 +1,8 @@
 """export_mesh: a trained field -> a textured, decimated, Blender-ready mesh on disk.
 
 density grid, queried near the surface only (grid) -> marching cubes (extract) -> drop floaters,
-smooth, decimate, mend to a closed manifold (cleanup, manifold) -> xatlas UVs and a CPU albedo bake (uv_bake) -> GLB + OBJ/MTL/PNG in
+smooth, flatten the faces with sharp edges kept (smooth), decimate, mend to a closed manifold
+(cleanup, manifold) -> xatlas UVs and a CPU albedo bake (uv_bake) -> GLB + OBJ/MTL/PNG in
 glTF's frame (frames, files).
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .grid import density_grid
 from .level import fixed_level, surface_level
 from .manifold import unit_normals
 from .normal_map import bake_normal_map, tangent_frames
+from .smooth import bilateral_smooth
 from .uv_bake import bake_albedo, unwrap, vertex_colors
 
 logger = logging.getLogger(__name__)
@@ -53,19 +55,21 @@ def settings_of(config) -> dict:
     `python -m backend export CHECKPOINT` uses unless a flag says otherwise."""
     return dict(resolution=config.mesh_resolution, threshold=config.mesh_threshold, face_budget=config.face_budget,
                 texture_size=config.texture_size, smooth=config.mesh_smooth,
-                normal_map=config.normal_map)
+                denoise=config.mesh_denoise, normal_map=config.normal_map)
 
 
 def export_mesh(field, out_dir, resolution: int = 256, threshold: float | None = None,
                 face_budget: int = 50_000, texture_size: int = 1024, smooth: bool = False,
                 chunk: int = DEFAULT_CHUNK, bound: float = 1.0, min_component: float = 0.1,
-                normal_map: bool = False) -> ExportResult:
+                normal_map: bool = False, denoise: bool = True) -> ExportResult:
     """Export `field` (density(points) -> [N], albedo(points) -> [N, 3] in [0, 1], points in the
     backend world [-bound, bound]^3) to out_dir. Raises UserError when there is no surface.
     threshold: the density level of the surface; None chooses it from the field's renders
     (level.surface_level, docs/export.md "The surface level").
     normal_map: also bake the undecimated surface's normals into a tangent-space normal map for the
-    decimated mesh (normal_map.py; GLB normalTexture + TANGENT, OBJ map_Bump)."""
+    decimated mesh (normal_map.py; GLB normalTexture + TANGENT, OBJ map_Bump).
+    denoise: feature-preserving smoothing of the marching-cubes surface before decimation
+    (smooth.bilateral_smooth, guided normal filtering; docs/export.md "Flat faces, sharp edges")."""
     for name, value in (("mesh_resolution", resolution), ("texture_size", texture_size), ("face_budget", face_budget)):
         try:  # the run settings' own ranges (shared/schema.py), so export and training take the same values
             check_value(name, RUN_FIELDS[name], value)
@@ -85,6 +89,11 @@ def export_mesh(field, out_dir, resolution: int = 256, threshold: float | None =
     if smooth:
         mesh = cleanup.smooth(mesh)
     clock.lap("cleanup")
+    if denoise:
+        # as_mesh: on parts a cell or two thin vertices can meet or faces lose their area; merged
+        # and dropped here, before decimation (the mending after it also merges by float32 position)
+        mesh = cleanup.as_mesh(bilateral_smooth(mesh.vertices, mesh.faces), mesh.faces)
+        clock.lap("denoise")
     detail = mesh   # the full-resolution surface, whose normals a normal map carries
     mesh = cleanup.decimate(mesh, face_budget)
     watertight = bool(mesh.is_watertight)
@@ -111,7 +120,7 @@ def export_mesh(field, out_dir, resolution: int = 256, threshold: float | None =
 
     stats = dict(faces=len(asset.faces), vertices=len(asset.vertices), threshold=threshold, resolution=resolution,
                  level=level.as_dict(),
-                 face_budget=face_budget, texture_size=texture_size, smooth=smooth,
+                 face_budget=face_budget, texture_size=texture_size, smooth=smooth, denoise=denoise,
                  uv_ok=atlas is not None, uv_charts=atlas.charts if atlas else 0, texture_fill=round(fill, 4),
                  normal_map=asset.normal_texture is not None,
                  watertight=watertight, components_dropped=dropped, density_queries=queried, seconds=clock.seconds,

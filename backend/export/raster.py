@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 MAX_CANDIDATES = 1 << 20  # bounding-box pixels tested per batch: bounds memory
+RAY_OFFSET = np.array([1.234567e-5, 2.345678e-5])  # cells: mesh_occupancy's rays, just off the grid nodes
 
 
 def rasterize_triangles(tri: np.ndarray, width: int, height: int, eps: float = 1e-9):
@@ -58,8 +59,12 @@ def mesh_occupancy(vertices: np.ndarray, faces: np.ndarray, axis: np.ndarray) ->
     axis = np.asarray(axis, np.float64)
     n, step = len(axis), axis[1] - axis[0]
     tri = np.asarray(vertices, np.float64)[faces]
-    # columns (y_j, z_k) are pixel centres once (y, z) is shifted so axis[j] sits at j + 0.5
-    tri2d = (tri[:, :, 1:] - axis[0]) / step + 0.5
+    # columns (y_j, z_k) are pixel centres once (y, z) is shifted so axis[j] sits at j + 0.5. A ray
+    # through a mesh edge exactly would be reported for both triangles of that edge (or for none),
+    # counting its crossing twice and flipping the parity of the rest of its row: symmetric meshes
+    # (a box's face diagonals, marching-cubes meshes of symmetric fields) put edges right on the rays.
+    # So each ray passes a tiny, irrational-looking fraction of a cell off its node, where no edge lies.
+    tri2d = (tri[:, :, 1:] - axis[0]) / step + 0.5 - RAY_OFFSET
     j, k, ids, bary = rasterize_triangles(tri2d, n, n)
     x_cross = np.einsum("ij,ij->i", bary, tri[ids, :, 0])
     first_after = np.searchsorted(axis, x_cross, side="right")   # grid points beyond this crossing

@@ -30,8 +30,8 @@ def seen_albedo(field):
     straight at the surface sees, i.e. the field's albedo composited with volume-rendering weights
     along a ray entering at the point, SEEN_DEPTH deep. A density field's surface is soft and the
     mesh's isosurface lies at its outer edge, where the albedo is barely seen and drifts: baked at
-    the isosurface, a green cone's texture was off by 0.25 on average, 0.03 at 0.02-0.03 inside
-    (docs/export.md, "Texture")."""
+    the isosurface the texture is off by several times more than a little inside (docs/export.md,
+    "Texture"; the figures: docs/quality.md, "Figures behind design choices")."""
     def fn(batch: torch.Tensor) -> torch.Tensor:
         n, step = len(batch), SEEN_DEPTH / SEEN_SAMPLES
         depth = (torch.arange(SEEN_SAMPLES, device=batch.device) + 0.5) * step
@@ -63,8 +63,8 @@ class UVAtlas:
 def unwrap(vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, texture_size: int,
            padding: int = 4) -> UVAtlas | None:
     """Charts and packing by xatlas into one texture_size^2 atlas; None (with a warning) on failure.
-    xatlas only approximates the requested resolution (its atlas often comes out 10-40% larger and
-    is then scaled into the texture), so `padding` is twice the 2 texels that bilinear filtering needs."""
+    xatlas only approximates the requested resolution (its atlas often comes out larger, docs/quality.md
+    "Figures behind design choices", and is then scaled into the texture), so `padding` is twice the 2 texels that bilinear filtering needs."""
     try:
         atlas = xatlas.Atlas()
         atlas.add_mesh(vertices.astype(np.float32), faces.astype(np.uint32), normals.astype(np.float32))

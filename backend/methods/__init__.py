@@ -19,12 +19,12 @@ from .nfsd import NFSD
 from .sdi import SDI
 from .sds import SDS
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SDS, NFSD, SDI, FSD)}  # the schema's order
+METHOD_CLASSES: dict[str, type[Method]] = {cls.name: cls for cls in (SDS, NFSD, SDI, FSD)}  # the schema's order
 
 
 def method_class(name: str) -> type[Method]:
     try:
-        return METHODS[method_spec(name).name]
+        return METHOD_CLASSES[method_spec(name).name]
     except SettingError as error:
         raise UserError(error.message) from None
 
@@ -57,5 +57,5 @@ def describe_methods() -> dict[str, str]:
     return {name: spec.description for name, spec in SCHEMA.items()}
 
 
-__all__ = ["METHODS", "FSD", "NFSD", "SDI", "SDS", "GradientOutput", "Method", "ddim_sample",
+__all__ = ["METHOD_CLASSES", "FSD", "NFSD", "SDI", "SDS", "GradientOutput", "Method", "ddim_sample",
            "describe_methods", "gradient_loss", "guidance_scale", "make_method", "method_class"]

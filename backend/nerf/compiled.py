@@ -78,7 +78,7 @@ def heads(features: torch.Tensor, w_hidden: torch.Tensor, w_density: torch.Tenso
 
 class CompiledHashGrid(TorchHashGrid):
     """TorchHashGrid's tables and levels, evaluated by `encode_level` (compiled unless compile=False) and
-    carrying the compiled `heads` for Field.forward."""
+    carrying the compiled `heads` for RadianceField.forward."""
 
     def __init__(self, settings, compile: bool = True):
         super().__init__(settings)

@@ -4,7 +4,7 @@ One hash encoding feeds two small MLPs (threestudio's ImplicitVolume), each one 
 ReLU units without biases (as tiny-cuda-nn's fully fused MLP, so with the near-zero initial hash
 features the field starts as the blob alone, albedo 0.5):
     density = softplus(raw + blob),  blob = 10 (1 - |p| / 0.5)  (Magic3D's bias, threestudio "blob_magic3d")
-    (or, for a run started from a mesh, that mesh's bias grid: backend/shape_guide.py)
+    (or, for a run started from a mesh, that mesh's bias grid: shape_start.py, built by backend/shape_guide.py)
     albedo  = sigmoid(3 outputs)
 
 Normals are n = -grad(density) / |grad(density)| (DreamFusion §3.1). softplus' > 0 only scales the
@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..shape_guide import shape_bias
 from .hash_encoding import make_encoding
 from .heads import FusedHeads
+from .shape_start import shape_bias
 
 CHUNK = 1 << 18  # points per forward in density() / albedo(): bounds memory for the mesh exporter
 
@@ -35,7 +35,10 @@ class FieldSamples:
     normal: torch.Tensor   # [N, 3] unit, outward
 
 
-class Field(nn.Module):
+class RadianceField(nn.Module):
+    """Density and albedo at a point: hash encoding -> two small MLP heads, plus the density bias (the
+    blob, or the shape start's grid). The NeRF's field; texture mode has its own (texture/texture_field.py)."""
+
     def __init__(self, settings, device: torch.device | str | None = None):
         super().__init__()
         self.blob_density = settings.blob_density

@@ -18,7 +18,7 @@ from ..cameras import Cameras
 from ..errors import UserError
 from ..shading import SHADING_MODES, shade
 from .background import Background
-from .field import Field
+from .field import RadianceField
 from .occupancy import OccupancyGrid
 from .renderer import accumulate, transmittance, weights
 from .sampler import RaySamples, known_sync, march
@@ -70,12 +70,6 @@ class RenderOutput:
     def num_samples(self) -> int:
         return self.weights.shape[0]
 
-    @property
-    def orientation_loss(self) -> torch.Tensor:
-        """DreamFusion's orientation penalty of this render (backend.losses)."""
-        from ..losses import orientation_loss
-        return orientation_loss(self.weights, self.normals, self.view_dirs, self.opacity[..., 0].numel())
-
 
 class NeRFModel(nn.Module):
     def __init__(self, settings: NeRFSettings | None = None, device: torch.device | str | None = None):
@@ -83,7 +77,7 @@ class NeRFModel(nn.Module):
         the model as usual."""
         super().__init__()
         self.settings = settings or NeRFSettings()
-        self.field = Field(self.settings, device)
+        self.field = RadianceField(self.settings, device)
         self.background = Background(self.settings.background_hidden).to(device or "cpu")
         self.occupancy = OccupancyGrid(self.settings.occupancy_resolution).to(device or "cpu")
         self.occupancy.initialize(self.field.density)

@@ -254,7 +254,8 @@ class ShapesPrior(ExactPrior):
             for p, pattern in enumerate(PATTERNS):
                 mask = pattern_mask(pattern, hits.points)[:, None, None]
                 mixed = lit + (lit[:, accent] - lit) * mask if pattern != "plain" else lit
-                # (index_put_ rather than index_add_: the latter stalls for ~0.2 s on a busy 2-core CPU)
+                # (index_put_ rather than index_add_: the latter stalls on a busy CPU; docs/quality.md,
+                # "Figures behind design choices")
                 colors[s, p].index_put_((pixel,), mixed.reshape(len(pixel), q * 3), accumulate=True)
             coverage[s] = torch.bincount(pixel, minlength=b * h * w).float() / ss ** 2
         # [S, P, B*H*W, Q*3] -> [S, P, Q, B, 3, H, W]

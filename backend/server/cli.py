@@ -10,8 +10,8 @@ from shared.keys import generate_keys
 from shared.protocol import DEFAULT_HOST, DEFAULT_PORT
 
 from ..errors import UserError
-from .security import ServerKeys
 from .defaults import MAX_QUEUED, WORKER_NICE
+from .security import ServerKeys
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,17 +92,17 @@ def serve_from_args(argv: list[str]) -> int:
           flush=True)
     server.serve_forever()
     if args.ray:
-        from ..batch.ray_pool import disconnect
+        from ..runner.ray_connection import disconnect
         disconnect()
     return 0
 
 
 def ray_executors(address: str, max_priors: int):
     """Join (or start) Ray; returns the Server's executor_factory: one Ray actor per device."""
-    from ..batch.ray_pool import connect
-    from .job_process import WorkerOptions
-    from .ray_executor import RayExecutor
+    from ..runner.job_runner import RunnerOptions
+    from ..runner.ray_connection import connect
+    from ..runner.ray_executor import RayExecutor
 
     connect(address)
-    options = WorkerOptions(max_priors=max_priors, log_level=logging.getLogger().getEffectiveLevel())
+    options = RunnerOptions(max_priors=max_priors, log_level=logging.getLogger().getEffectiveLevel())
     return lambda device: RayExecutor(device, options)

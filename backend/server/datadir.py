@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 from ..errors import UserError
 from ..fileio import write_atomic
+from ..runner.failures import FULL, write_problem
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
@@ -86,22 +87,6 @@ def read_inside(folder: Path, relative: str | Path) -> bytes | None:
             return handle.read()
     except OSError:
         return None
-
-
-# -- write errors ---------------------------------------------------------------------------------------
-
-FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
-
-
-def write_problem(error: OSError, folder: str = "the backend's data folder") -> str:
-    """What a failed write means for `folder` (how the sentence names it), as the start of a sentence."""
-    reason = error.strerror or type(error).__name__
-    if error.errno in FULL:
-        return f"{folder} is full ({reason})"
-    if error.errno in READ_ONLY:
-        return f"{folder} is read-only ({reason})"
-    return f"{folder} cannot be written ({reason})"
 
 
 def check_writable(data_dir: Path) -> Path:

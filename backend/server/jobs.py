@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from shared.protocol import FILE_NAME_PATTERN, FINAL_STATES, JOB_ID_PATTERN, JOB_STATES, PREVIEW_NAME, ProtocolError
+from shared.protocol import (FAILED, FILE_NAME_PATTERN, FINAL_STATES, JOB_ID_PATTERN, JOB_STATES, PREVIEW_NAME, QUEUED,
+                             RUNNING, ProtocolError)
+from shared.results import CHECKPOINT
 
 from ..fileio import write_atomic
 from .datadir import is_real_dir, is_real_file_inside, open_inside, read_inside, write_problem
@@ -30,7 +32,6 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3          # a job that took the server down this often is not retried again
 PERSIST_EVERY_S = 2.0     # progress reaches status.json at most this often (state changes: always)
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -41,8 +42,9 @@ def _write_json(path: Path, value: Any) -> None:
 class Job:
     job_id: str
     folder: Path
-    request: dict[str, Any]       # the validated request as the client sent it
+    request: dict[str, Any]       # the checked request as the client sent it (request.json)
     status: dict[str, Any]        # what status.json holds
+    config: Any = None            # the GenerateConfig it runs with, placed (requests.py); None until built
     cancel: threading.Event = field(default_factory=threading.Event)
     persisted_at: float = 0.0
     unsaved: bool = False         # the last status write failed; retry_unsaved() tries again
@@ -53,7 +55,7 @@ class Job:
 
     @property
     def checkpoint(self) -> Path:
-        return self.folder / CHECKPOINT_NAME
+        return self.folder / CHECKPOINT
 
 
 class JobStore:
@@ -83,9 +85,9 @@ class JobStore:
                     continue
                 job = self._read(folder)
                 self._jobs[job.job_id] = job
-                if job.state == "running":
+                if job.state == RUNNING:
                     self._recover(job)
-            queued = [job for job in self._jobs.values() if job.state == "queued"]
+            queued = [job for job in self._jobs.values() if job.state == QUEUED]
         return sorted(queued, key=lambda job: job.status.get("created", 0.0))
 
     def _read(self, folder: Path) -> Job:
@@ -102,7 +104,7 @@ class JobStore:
 
     def _damaged(self, job: Job, message: str) -> None:
         job.status = {**_new_status(job.job_id, job.request, {}, "unknown"), **job.status,
-                      "state": "failed", "message": message, "finished": time.time()}
+                      "state": FAILED, "message": message, "finished": time.time()}
         job.status.setdefault("outputs", {})
         self._persist(job)
         log.warning("job %s: %s", job.job_id, message)
@@ -113,11 +115,11 @@ class JobStore:
             message = (f"the backend stopped {attempts} times while running this job (a crash, running out of "
                        "memory, or being killed), so it is not retried: submit it again with a lower resolution "
                        "or fewer steps")
-            self.update(job, state="failed", message=message, finished=time.time())
-        elif is_real_file_inside(job.folder, CHECKPOINT_NAME):
-            self.update(job, state="queued", message="the backend restarted: the job resumes from its last checkpoint")
+            self.update(job, state=FAILED, message=message, finished=time.time())
+        elif is_real_file_inside(job.folder, CHECKPOINT):
+            self.update(job, state=QUEUED, message="the backend restarted: the job resumes from its last checkpoint")
         else:
-            self.update(job, state="queued", message="the backend restarted before the first checkpoint: "
+            self.update(job, state=QUEUED, message="the backend restarted before the first checkpoint: "
                                                      "the job starts again from the beginning")
 
     # -- access -----------------------------------------------------------------------------------
@@ -234,7 +236,7 @@ class JobStore:
 
 
 def _new_status(job_id: str, request: dict, config: dict, device: str) -> dict[str, Any]:
-    return {"job_id": job_id, "state": "queued", "step": 0, "total": config.get("steps", 0), "message": "",
+    return {"job_id": job_id, "state": QUEUED, "step": 0, "total": config.get("steps", 0), "message": "",
             "outputs": {}, "created": time.time(), "started": None, "finished": None, "attempts": 0,
             "device": device, "preview_step": None, "config": config}
 

@@ -3,7 +3,7 @@ folders under the model roots the server was started with (the Hugging Face cach
 `serve --models DIR`). Anything else is refused with one message that is the same whether the path
 exists, is a file, or is a folder, so the `prior` field cannot be used to probe the server's files.
 
-A Hub id is loaded by the worker process from an empty working folder (job_process.py), so an id can
+A Hub id is loaded by the job process from an empty working folder (backend/runner/), so an id can
 never be read as a path relative to the server's working folder either.
 """
 from __future__ import annotations

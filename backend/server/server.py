@@ -1,9 +1,11 @@
 """The backend server: a ROUTER socket for commands (info, submit, cancel, status, jobs, fetch) and a
 PUB socket, on the next port, for events. One loop on one thread owns both sockets and never waits
-on training: jobs run in one worker process per device (job_process.py), driven by one thread per
-device here (worker.py), whose events come back through inproc sockets (publish.py) and are
-forwarded to subscribers. Every request is validated (shared.protocol); anything malformed gets an
-error reply naming the field, and the loop goes on. docs/server.md describes the process model.
+on training: jobs run in one job process per device (backend/runner/process_executor.py), driven by
+one DeviceThread per device here (device_thread.py), whose events come back through inproc sockets
+(publish.py) and are forwarded to subscribers. Every request is checked once at the protocol
+boundary (shared.protocol), and a submit's settings become one GenerateConfig there (requests.py);
+anything malformed gets an error reply naming the field, and the loop goes on. docs/server.md
+describes the process model.
 """
 from __future__ import annotations
 
@@ -16,24 +18,27 @@ from typing import Any, Callable
 
 import zmq
 
-from shared.protocol import (DEFAULT_HOST, DEFAULT_PORT, HARD_FRAME_LIMIT, MAX_MESH_BYTES, MAX_MESH_FACES,
-                             MAX_REPLY_BYTES, MAX_REQUEST_BYTES, MAX_REQUEST_FRAMES, PRESETS, ProtocolError,
-                             check_version, decode_mesh, pack, parse_header, validate_command)
+from shared.protocol import (CANCELLED, DEFAULT_HOST, DEFAULT_PORT, FAILED, FINAL_STATES, HARD_FRAME_LIMIT,
+                             MAX_MESH_BYTES, MAX_MESH_FACES, MAX_REPLY_BYTES, MAX_REQUEST_BYTES, MAX_REQUEST_FRAMES,
+                             PRESETS, ProtocolError, check_version, decode_mesh, pack, parse_header, validate_command,
+                             validate_request)
 from shared.version import PROTOCOL_VERSION, __version__
 
 from ..errors import UserError
-from .datadir import check_writable, write_problem
-from .executor import JobExecutor, ProcessExecutor
-from .job_process import TrainFn, WorkerOptions
+from ..runner.executor import JobExecutor
+from ..runner.failures import write_problem
+from ..runner.job_runner import RunnerOptions, TrainFn
+from ..runner.prior_cache import Loader
+from ..runner.process_executor import ProcessExecutor
+from .datadir import check_writable, is_real_file_inside
+from .defaults import MAX_QUEUED, WORKER_NICE
+from .device_thread import DeviceThread, RunSettings
 from .jobs import Job, JobStore
 from .models import ModelRoots
-from .prior_cache import Loader
 from .publish import EventBus
-from .requests import config_from_request, default_device, resolve_device
+from .requests import config_from_request, default_device, placed, queue_device
 from .security import ServerKeys, check_bind, secure_socket, start_authenticator
-from .defaults import MAX_QUEUED, WORKER_NICE
 from .uploads import SOURCE_MESH_NAME, mesh_arrays, npz_bytes, warm_up
-from .worker import DeviceWorker, RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +59,18 @@ class Server:
         """port=0 picks a free pair of ports (commands, events = commands + 1); see .port after start.
         train_fn and prior_loader (tests, benchmarks) run in the worker processes, so they must be
         picklable: module-level functions, functools.partial of them, or instances of module-level
-        classes. executor_factory(device) -> JobExecutor replaces the worker processes altogether."""
+        classes. executor_factory(device) -> JobExecutor replaces the job processes altogether."""
         self.data_dir, self.host, self.port, self.keys = Path(data_dir).absolute(), host, port, keys
         self.event_hwm, self.max_queued = event_hwm, max_queued
         self._device_choice = device
         self.models = ModelRoots(model_roots)
-        options = WorkerOptions(train_fn, prior_loader, max_priors, logging.getLogger().getEffectiveLevel(),
+        options = RunnerOptions(train_fn, prior_loader, max_priors, logging.getLogger().getEffectiveLevel(),
                                 worker_nice)
         self._executor_factory = executor_factory or (lambda device: ProcessExecutor(device, options))
         self._run_options = dict(coarse_mesh_every=coarse_mesh_every, preview_interval_s=preview_interval_s,
                                  progress_interval_s=progress_interval_s)
         self._stop = threading.Event()
-        self._workers: dict[str, DeviceWorker] = {}
+        self._devices: dict[str, DeviceThread] = {}
         self._started = False
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -97,7 +102,8 @@ class Server:
         self.store = JobStore(self.data_dir, on_state=self._announce_state)
         self.settings = RunSettings(self.device, **self._run_options)
         for job in self.store.load():
-            self._worker(job.status.get("device") or self.device).enqueue(job)
+            if self._rebuild_config(job):
+                self._device_thread(job.config.device).enqueue(job)
         self._started = True
         log.info("Distill3D backend %s listening on %s (events on port %d), data in %s, device %s", __version__,
                  self.address, self.port + 1, self.data_dir, self.device)
@@ -155,22 +161,22 @@ class Server:
             raise failure[0]
         return thread
 
-    def worker_pids(self) -> dict[str, int | None]:
-        """device -> the process id of its worker (None before its first job or after it died)."""
-        return {device: getattr(worker.executor, "pid", None) for device, worker in self._workers.items()}
+    def job_process_pids(self) -> dict[str, int | None]:
+        """device -> the process id of its job process (None before its first job or after it died)."""
+        return {device: getattr(thread.executor, "pid", None) for device, thread in self._devices.items()}
 
     def _shutdown(self) -> None:
-        for worker in self._workers.values():
-            worker.stop()  # the running job checkpoints and goes back to "queued"
+        for thread in self._devices.values():
+            thread.stop()  # the running job checkpoints and goes back to "queued"
         deadline = time.monotonic() + SHUTDOWN_WAIT_S
-        for worker in self._workers.values():
-            worker.join(max(0.0, deadline - time.monotonic()))
-        for worker in self._workers.values():
-            if worker.is_alive():  # its job did not stop in time: end the process; the job resumes next start
-                worker.executor.close(wait_s=0.0)
-                worker.join(10)
+        for thread in self._devices.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for thread in self._devices.values():
+            if thread.is_alive():  # its job did not stop in time: end the process; the job resumes next start
+                thread.executor.close(wait_s=0.0)
+                thread.join(10)
         self._forward_events()
-        if any(worker.is_alive() for worker in self._workers.values()):
+        if any(thread.is_alive() for thread in self._devices.values()):
             # A step that will not end: leave its thread and sockets to the process exit (closing a socket
             # another thread still uses is unsafe). The job stays "running" on disk and resumes next start.
             log.warning("a job did not stop within %.0f s; exiting without it (it resumes from its last "
@@ -218,13 +224,28 @@ class Server:
 
     # -- workers and events -----------------------------------------------------------------------
 
-    def _worker(self, device: str) -> DeviceWorker:
-        device = resolve_device(device, self.device)
-        if device not in self._workers:
-            self._workers[device] = DeviceWorker(device, self._executor_factory(device), self.store, self.bus,
-                                                 self.settings, self.models)
-            self._workers[device].start()
-        return self._workers[device]
+    def _device_thread(self, device: str) -> DeviceThread:
+        device = queue_device(device, self.device)
+        if device not in self._devices:
+            self._devices[device] = DeviceThread(device, self._executor_factory(device), self.store, self.bus,
+                                                 self.settings)
+            self._devices[device].start()
+        return self._devices[device]
+
+    def _rebuild_config(self, job: Job) -> bool:
+        """A stored request.json is a boundary too: when the server restarts, a queued job's config is
+        built from it once (as at submit), or the job fails with the reason. True if the job can run."""
+        try:
+            upload = SOURCE_MESH_NAME if is_real_file_inside(job.folder, SOURCE_MESH_NAME) else None
+            config = config_from_request(validate_request(job.request), job.status.get("device") or self.device,
+                                         self.settings.coarse_mesh_every, upload)
+            job.config = placed(config, job.folder, self.models.resolve(config.prior))
+        except ProtocolError as error:  # this backend no longer accepts it (a model root, a device gone)
+            self.store.update(job, state=FAILED, message=f"this job's request is no longer valid ({error}): "
+                              "resubmit the job", finished=time.time(), error_type="ProtocolError",
+                              **({"field": error.field} if error.field else {}))
+            return False
+        return True
 
     def _announce_state(self, job: Job) -> None:
         status = job.status
@@ -281,20 +302,20 @@ class Server:
     def _cmd_info(self) -> tuple[dict, list]:
         return {"version": __version__, "protocol": PROTOCOL_VERSION, "device": self.device,
                 "devices": _devices(), "presets": list(PRESETS),
-                "loaded_priors": [prior for w in self._workers.values() for prior in w.executor.loaded_priors],
+                "loaded_priors": [prior for t in self._devices.values() for prior in t.executor.loaded_priors],
                 "event_port": self.port + 1,
-                "running": [job.job_id for job in (w.current for w in self._workers.values()) if job is not None],
-                "queued": sum(w.queued() for w in self._workers.values())}, []
+                "running": [job.job_id for job in (t.current for t in self._devices.values()) if job is not None],
+                "queued": sum(t.queued() for t in self._devices.values())}, []
 
     def _cmd_submit(self, request: dict[str, Any], mesh: dict[str, Any] | None = None,
                     frames: list[bytes] = ()) -> tuple[dict, list]:
         fields = request  # checked by validate_command (shared.protocol COMMANDS["submit"])
         upload = decode_mesh(mesh, list(frames))
         files = {} if upload is None else {SOURCE_MESH_NAME: npz_bytes(mesh_arrays(upload))}
-        config = config_from_request(fields, self.device, self._run_options["coarse_mesh_every"],
-                                     SOURCE_MESH_NAME if files else None)
-        self.models.resolve(config.prior)
-        waiting = sum(w.queued() for w in self._workers.values())
+        config = config_from_request(fields, self.device, self.settings.coarse_mesh_every,
+                                     SOURCE_MESH_NAME if files else None)  # the one GenerateConfig of this job
+        prior = self.models.resolve(config.prior)
+        waiting = sum(t.queued() for t in self._devices.values())
         if waiting >= self.max_queued:
             raise ProtocolError(f"the backend's queue is full ({waiting} jobs waiting): wait for some to finish or "
                                 "cancel queued ones, then submit again", "queue", "unavailable")
@@ -304,21 +325,22 @@ class Server:
             raise ProtocolError(f"{write_problem(error)}, so it cannot take the job: submit it again once the "
                                 "backend's operator has freed space or fixed the folder", "data_dir",
                                 "unavailable") from None
-        self._worker(config.device).enqueue(job)
+        job.config = placed(config, job.folder, prior)
+        self._device_thread(config.device).enqueue(job)
         self._announce_state(job)
         log.info("job %s queued on %s: %r", job.job_id, config.device, config.prompt)
         return self.store.public(job), []
 
     def _cmd_cancel(self, job_id: str) -> tuple[dict, list]:
         job = self.store.get(job_id)
-        if job.state not in ("done", "failed", "cancelled"):
+        if job.state not in FINAL_STATES:
             job.cancel.set()  # a running job stops at its next step
-            worker = self._workers.get(resolve_device(job.status.get("device") or self.device, self.device))
-            if worker is not None and worker.remove(job):
-                self.store.update(job, state="cancelled", message="cancelled before it started",
+            thread = self._devices.get(queue_device(job.status.get("device") or self.device, self.device))
+            if thread is not None and thread.remove(job):
+                self.store.update(job, state=CANCELLED, message="cancelled before it started",
                                   finished=time.time())
-            elif worker is not None:
-                worker.cancel(job)
+            elif thread is not None:
+                thread.cancel(job)
         return self.store.public(job), []
 
     def _cmd_status(self, job_id: str) -> tuple[dict, list]:

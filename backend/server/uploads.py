@@ -11,14 +11,12 @@ job that resumes after a restart finds its mesh (shared/PROTOCOL.md "Sending a m
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 
 from shared.protocol import MESH_FRAMES, ProtocolError
 
 from ..errors import UserError
-from .datadir import is_real_file_inside
 
 SOURCE_MESH_NAME = "source_mesh.npz"
 
@@ -49,8 +47,3 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
-
-
-def source_mesh_path(folder: str | Path) -> str | None:
-    """The stored upload of the job in `folder` (a real file there, no link followed), or None."""
-    return str(Path(folder) / SOURCE_MESH_NAME) if is_real_file_inside(Path(folder), SOURCE_MESH_NAME) else None

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import trimesh
 
+from shared.results import CORNER_UV
+
 from ..errors import UserError
 from ..export.extract import DEFAULT_CHUNK, field_device, query
 from ..export.files import Asset, write_asset
@@ -28,8 +30,6 @@ from ..export.raster import rasterize_triangles
 from ..export.uv_bake import texel_image, unwrap
 from ..fileio import write_atomic
 from .mesh_input import SourceMesh
-
-CORNER_UV = "corner_uv.bin"
 
 
 @dataclass

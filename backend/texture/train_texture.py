@@ -1,64 +1,32 @@
-"""Texture mode's loop: the distillation loop of backend/train.py with the geometry fixed to the artist's mesh.
+"""Texture mode: the distillation loop of backend/train.py with the geometry fixed to the artist's mesh.
 
 Each step: random cameras and lights (as the NeRF's), one ray per pixel cast at the mesh, the texture
 field queried at the hits and shaded, the background recomposited as in train.py, the prior and the method
-give a gradient on the render, and Adam updates the texture field and the background. Events, stopping,
-checkpoints and resume behave as in backend.train.train; at the end the texture is baked into the mesh's
-UVs (bake.py) and report.json records the run, with the texture error against the true object on the
-exact shapes prior (truth.py). docs/selection.md, "Texture mode".
+give a gradient on the render, and Adam updates the texture field and the background. `TextureTrainer` is
+backend.train's Trainer with the parts that differ overridden, so events, stopping, checkpoints and resume
+behave as in backend.train.train; at the end the texture is baked into the mesh's UVs (bake.py) and
+report.json records the run, with the texture error against the true object on the exact shapes prior
+(truth.py). docs/selection.md, "Texture mode".
 """
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..cameras import sample_cameras, sample_light_positions, turntable_cameras
-from ..checkpoint import nerf_settings, save_checkpoint
+from shared.results import REPORT, TURNTABLE
+from ..cameras import turntable_cameras
+from ..checkpoint import nerf_settings
 from ..config import GenerateConfig
-from ..devices import resolve_device
 from ..errors import UserError
-from ..events import EventCallback, Finished, Log, Preview, Progress, StopCheck, ignore_event, never_stop
-from ..fileio import write_atomic
-from ..finish import build_report, turntable_size
+from ..events import EventCallback, StopCheck, ignore_event, never_stop
+from ..finish import TURNTABLE_VIEWS, build_report, save_turntable, turntable_size, write_report
 from ..methods import gradient_loss
-from ..nan_guard import NaNGuard
-from ..pictures import grid, save_png, to_uint8
-from ..runtime import tune_allocator
-from ..step_timer import StepTimer
-from ..train import (READ_EVERY, TrainResult, active_levels, augment_background, make_optimizer, make_view,
-                     prepare_output, prior_and_method, read_guard, resume_state)
+from ..train import Trainer, TrainResult, active_levels, run_to_end
 from .bake import bake_texture
-from .mesh_input import Fit, SourceMesh, fit, load_source_mesh
+from .mesh_input import SourceMesh, fit, load_source_mesh
 from .raycast import MeshRaycaster
 from .texture_field import TextureModel
-
-TURNTABLE_VIEWS = 8
-
-
-@dataclass
-class TextureRun:
-    """Everything one texture run trains and saves."""
-    config: GenerateConfig
-    prior: object
-    method: object
-    model: TextureModel
-    optimizer: torch.optim.Optimizer
-    generator: torch.Generator
-    device: torch.device
-    checkpoint_path: Path
-    start_step: int = 0
-    elapsed_before: float = 0.0
-    timings: dict | None = None   # StepTimer.seconds at the end of the loop
-    elapsed: float = 0.0          # seconds trained, this run and the ones it resumed
-
-    def checkpoint(self, step: int, elapsed: float) -> None:
-        save_checkpoint(self.checkpoint_path, config=self.config.to_dict(), step=step, elapsed_s=elapsed,
-                        model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                        method=self.method.state_dict(), generator=self.generator.get_state())
 
 
 def texture_shading(step: int, config: GenerateConfig) -> str:
@@ -67,49 +35,44 @@ def texture_shading(step: int, config: GenerateConfig) -> str:
     return "albedo" if step < config.albedo_steps else "lambertian"
 
 
-def setup(config: GenerateConfig, out_dir: Path, fitted: SourceMesh, prior, resume: bool,
-          on_event: EventCallback) -> TextureRun:
-    device = resolve_device(config.device)
-    checkpoint_path, state = resume_state(config, out_dir, device, resume, ("prompt", "source_mesh", "fit"))
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    config, prior, method = prior_and_method(config, device, prior, on_event)
-    model = TextureModel(nerf_settings(config), MeshRaycaster(fitted.vertices, fitted.faces, device), device)
-    optimizer = make_optimizer(model, config)
-    run = TextureRun(config, prior, method, model, optimizer, generator, device, checkpoint_path)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        method.load_state_dict(state["method"])
-        generator.set_state(state["generator"])
-        run.start_step, run.elapsed_before = state["step"], state.get("elapsed_s", 0.0)
-        on_event(Log("info", f"resumed from {checkpoint_path} at step {run.start_step}"))
-    return run
+class TextureTrainer(Trainer):
+    """One texture run (config.source == "texture"): a TextureModel on the fitted source mesh, no
+    occupancy grid, no shape guide (shape_guide.prepare has none for this source), no coarse mesh; the
+    loss is the score-distillation loss alone, and the finish bakes the texture (finish_texture)."""
 
+    SAME_RUN = ("prompt", "source_mesh", "fit")  # another mesh or placement is another run
 
-def train_step(run: TextureRun, step: int, timer: StepTimer, guard: NaNGuard):
-    """One distillation step; returns (the method's output, the score-distillation loss on the device)."""
-    config, model = run.config, run.model
-    marks = [timer.mark()]
-    model.set_active_levels(active_levels(step, config))
-    cameras = sample_cameras(config.batch_size, config.resolution, config.resolution, run.generator)
-    lights = sample_light_positions(cameras, run.generator).to(run.device, non_blocking=True)
-    cameras = cameras.to(run.device)
-    shading = texture_shading(step, config)
-    render = model.render(cameras, shading, lights)
-    rgb, background = augment_background(render, config.random_background_prob, run.generator)
-    x = run.prior.encode(rgb.permute(0, 3, 1, 2))
-    marks.append(timer.mark())
-    out = run.method.gradient(x.detach(), step, make_view(cameras, shading, lights, render.opacity, background))
-    marks.append(timer.mark())
-    loss = gradient_loss(x, out.grad.to(x.dtype))
-    run.optimizer.found_inf = guard.check(out.grad, loss)  # a bad step changes nothing (fused Adam skips it)
-    run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    run.optimizer.step()
-    marks.append(timer.mark())
-    timer.add(marks)
-    return out, loss
+    def __init__(self, config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignore_event,
+                 prior=None, resume: bool = False):
+        if config.source != "texture":
+            raise UserError(f"train_texture paints a given mesh but source is {config.source!r}: set source "
+                            "'texture' (or call backend.train.train for a new object)")
+        self.source = load_source_mesh(config.source_mesh)  # read and checked before the prior loads
+        self.fitted, self.placement = fit(self.source, config.fit)
+        super().__init__(config, out_dir, on_event, prior=prior, resume=resume)
+
+    def _build_model(self) -> TextureModel:
+        raycaster = MeshRaycaster(self.fitted.vertices, self.fitted.faces, self.device)
+        return TextureModel(nerf_settings(self.config), raycaster, self.device)
+
+    def _before_step(self, step: int) -> None:
+        self.model.set_active_levels(active_levels(step, self.config))  # no occupancy grid: rays hit the mesh
+
+    def _shading(self, step: int) -> str:
+        return texture_shading(step, self.config)
+
+    def _loss(self, x: torch.Tensor, grad: torch.Tensor, render, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = gradient_loss(x, grad)  # the geometry is given: no orientation, sparsity or shape terms
+        return loss, loss
+
+    def _preview_image(self) -> torch.Tensor:
+        return render_turntable(self.model, 1, self.config.resolution, self.device)[0]
+
+    def coarse_mesh(self) -> None:
+        """Nothing: the mesh is the artist's and does not change."""
+
+    def _finish_outputs(self) -> tuple[dict[str, Path], dict]:
+        return finish_texture(self)
 
 
 @torch.no_grad()
@@ -123,80 +86,22 @@ def render_turntable(model: TextureModel, n: int, resolution: int, device: torch
 def train_texture(config: GenerateConfig, out_dir: Path, on_event: EventCallback = ignore_event,
                   should_stop: StopCheck = never_stop, prior=None, resume: bool = False) -> TrainResult:
     """Texture config.source_mesh for config.prompt (config.source == "texture"). See the module docstring."""
-    config = config.validate().resolved()
-    if config.source != "texture":
-        raise UserError(f"train_texture paints a given mesh but source is {config.source!r}: set source 'texture' "
-                        "(or call backend.train.train for a new object)")
-    tune_allocator()
-    out_dir = prepare_output(out_dir)
-    source = load_source_mesh(config.source_mesh)
-    fitted, placement = fit(source, config.fit)
-    run = setup(config, out_dir, fitted, prior, resume, on_event)
-    stopped, step = loop(run, out_dir, on_event, should_stop)
-    result = TrainResult(out_dir=out_dir, stopped=stopped)
-    result.outputs["checkpoint.pt"] = run.checkpoint_path
-    if stopped:
-        on_event(Log("info", f"stopped at step {step}; resume with --resume (checkpoint {run.checkpoint_path})"))
-        return result
-    outputs, result.report = finish_texture(run, source, fitted, placement, out_dir, step)
-    result.outputs.update(outputs)
-    on_event(Finished(outputs={k: str(v) for k, v in result.outputs.items()}))
-    return result
+    return run_to_end(TextureTrainer(config, out_dir, on_event, prior=prior, resume=resume), should_stop)
 
 
-def loop(run: TextureRun, out_dir: Path, on_event: EventCallback, should_stop: StopCheck) -> tuple[bool, int]:
-    """The steps from run.start_step, with train.py's events, reads and checkpoints. (stopped, steps done)."""
-    config = run.config
-    timer, guard = StepTimer(run.device), NaNGuard(run.device)
-    loss_value, read_yet, recent = float("nan"), False, []
-    run_start = time.perf_counter()
-    elapsed = lambda: run.elapsed_before + time.perf_counter() - run_start  # noqa: E731
-    step = run.start_step
-    for step in range(run.start_step, config.steps):
-        if should_stop():
-            break
-        wall = time.perf_counter()
-        out, loss_sd = train_step(run, step, timer, guard)
-        done = step + 1
-        recent = (recent + [time.perf_counter() - wall])[-20:]
-        previewing = bool(config.preview_every) and (done % config.preview_every == 0 or done == config.steps)
-        checkpointing = bool(config.checkpoint_every) and done % config.checkpoint_every == 0
-        if not read_yet or done % READ_EVERY == 0 or done == config.steps or previewing or checkpointing:
-            loss_value = read_guard(guard, loss_sd, step, on_event, lambda: run.checkpoint(done, elapsed()))
-            timer.collect()
-            read_yet = True
-        it_per_s = len(recent) / max(sum(recent), 1e-9)
-        on_event(Progress(step=done, total=config.steps, t=int(out.t), loss=loss_value, it_per_s=it_per_s,
-                          eta_s=(config.steps - done) / it_per_s))
-        if previewing:
-            image = to_uint8(render_turntable(run.model, 1, config.resolution, run.device)[0])
-            save_png(image, out_dir / "previews" / f"step_{done:05d}.png")
-            on_event(Preview(step=done, image=image))
-        if checkpointing:
-            run.checkpoint(done, elapsed())
-    else:
-        step = config.steps
-    timer.collect()
-    run.timings, run.elapsed = timer.seconds, elapsed()
-    run.checkpoint(step, run.elapsed)
-    return step < config.steps, step
-
-
-def finish_texture(run: TextureRun, source: SourceMesh, fitted: SourceMesh, placement: Fit, out_dir: Path,
-                   steps_done: int) -> tuple[dict[str, Path], dict]:
+def finish_texture(run: TextureTrainer) -> tuple[dict[str, Path], dict]:
     """Turntable, bake (texture.png, mesh.glb/.obj, corner_uv.bin) and report.json."""
     run.model.eval()
-    outputs: dict[str, Path] = {}
     views = render_turntable(run.model, TURNTABLE_VIEWS, turntable_size(run.config.resolution), run.device)
-    outputs["turntable.png"] = save_png(grid(list(views), columns=TURNTABLE_VIEWS // 2), out_dir / "turntable.png")
-    baked = bake_texture(run.model, source, fitted, out_dir, run.config.texture_size)
+    outputs: dict[str, Path] = {TURNTABLE: save_turntable(views, run.out_dir)}
+    baked = bake_texture(run.model, run.source, run.fitted, run.out_dir, run.config.texture_size)
     outputs.update(baked.paths)
-    report = build_report(run.config, _Described(run.prior), run.model, run.device, run.timings, run.elapsed, steps_done,
-                          {"bake": baked.stats})
-    report["texture"] = {"fit": placement.to_dict(), "faces": int(len(source.faces)), **baked.stats}
+    report = build_report(run.config, _Described(run.prior), run.model, run.device, run.timer.seconds, run.elapsed_s,
+                          run.step_index, {"bake": baked.stats})
+    report["texture"] = {"fit": run.placement.to_dict(), "faces": int(len(run.source.faces)), **baked.stats}
     if hasattr(run.prior, "ground_truth"):
-        report["ground_truth"] = texture_ground_truth(baked, fitted, run.prior.ground_truth())
-    outputs["report.json"] = write_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=str))
+        report["ground_truth"] = texture_ground_truth(baked, run.fitted, run.prior.ground_truth())
+    outputs[REPORT] = write_report(report, run.out_dir)
     return outputs, report
 
 

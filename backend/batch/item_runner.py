@@ -1,5 +1,6 @@
-"""One batch worker: runs items one after another on one device, through the same `train()` as a
-single generate, keeping the loaded prior between items (the server's PriorCache).
+"""BatchItemRunner: runs batch items one after another on one device, through the same `train()` as
+a single generate, keeping the loaded prior between items (backend/runner/prior_cache.py, which the
+server's job runner uses too).
 
 The same class runs in-process and, wrapped by ray.remote, as a Ray actor. An item resumes from its
 checkpoint when one is there (a rerun, or Ray retrying it after its worker died). Each item folder
@@ -14,6 +15,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
+
+from shared.results import CHECKPOINT
 
 from ..errors import UserError
 from ..events import Event, Progress
@@ -33,12 +36,12 @@ def write_status(item_dir: Path, status: dict[str, Any]) -> None:
     write_atomic(Path(item_dir) / STATUS_FILE, json.dumps(status, indent=1, default=str))
 
 
-class Worker:
+class BatchItemRunner:
     """Runs batch items; `stop()` and `progress()` may be called from another thread (a Ray actor
     with max_concurrency=2) while `run()` trains."""
 
     def __init__(self, threads: int | None = None):
-        from ..server.prior_cache import PriorCache
+        from ..runner.prior_cache import PriorCache
 
         if threads:
             import torch
@@ -61,16 +64,17 @@ class Worker:
         return dict(self.current) if self.current else None
 
     def run(self, item: dict[str, Any], out_root: str, on_event: Callable[[Event], None] | None = None) -> dict:
-        """Train item {"id", "settings"} into out_root/<id>; return its outcome (see batch.json's items)."""
+        """Train item {"id", "config"} into out_root/<id>; return its outcome (see batch.json's items).
+        The config is a GenerateConfig, valid since the spec was read (spec.py): it is not checked again."""
         item_dir = Path(out_root) / item["id"]
         if self.stopping:
             return {"id": item["id"], "state": "pending"}
         item_dir.mkdir(parents=True, exist_ok=True)
-        resume = (item_dir / "checkpoint.pt").exists()
+        resume = (item_dir / CHECKPOINT).exists()
         status = {"state": "running", "attempt": read_status(item_dir).get("attempt", 0) + 1, "resumed": resume,
                   "worker": self.identity(), "started": time.time()}
         write_status(item_dir, status)
-        self.current = {"id": item["id"], "step": 0, "total": item["settings"]["steps"], "it_per_s": 0.0}
+        self.current = {"id": item["id"], "step": 0, "total": item["config"].steps, "it_per_s": 0.0}
         first_step: list[int] = []
 
         def on_train_event(event: Event) -> None:
@@ -95,11 +99,10 @@ class Worker:
         return {"id": item["id"], **{k: v for k, v in status.items() if k != "traceback"}}
 
     def _train(self, item: dict[str, Any], item_dir: Path, resume: bool, on_event: Callable[[Event], None]) -> dict:
-        from ..config import GenerateConfig
         from ..devices import canonical_device
         from ..train import train
 
-        config = GenerateConfig.from_dict(item["settings"])
+        config = item["config"]
         device = canonical_device(config.device)
         wanted = {"name": config.prior, "device": device, "resolution": config.resolution,
                   "options": dict(config.prior_options)}
@@ -119,7 +122,7 @@ class Worker:
             from .score import prior_score
 
             try:
-                model, _ = load_model(result.outputs["checkpoint.pt"], device=device)
+                model, _ = load_model(result.outputs[CHECKPOINT], device=device)
                 metrics.update(prior_score(model, prior, config.resolution))
             except Exception as error:  # the item itself is fine: keep it, unranked
                 metrics["prior_loss_error"] = f"{type(error).__name__}: {error}"

@@ -1,10 +1,10 @@
 """Running a device's jobs on a Ray cluster (`serve --ray ADDRESS|local`): the JobExecutor of
-executor.py backed by one Ray actor instead of a local worker process. The actor is a JobRunner
-(job_process.py), so a job runs exactly as it does locally, and it keeps its loaded priors between
+executor.py backed by one Ray actor instead of a local job process. The actor is a JobRunner
+(job_runner.py), so a job runs exactly as it does locally, and it keeps its loaded priors between
 jobs. It holds one GPU when the cluster has any (else the cluster's CPUs), and trains on that device.
 
 Messages ("event", ...), ("end", ...), ("priors", ...) wait in the actor until the server's
-DeviceWorker takes them (a long poll: take() returns as soon as there is one). The actor runs up to
+DeviceThread takes them (a long poll: take() returns as soon as there is one). The actor runs up to
 four calls at once (max_concurrency), so take, cancel and stop are answered while a job trains. A
 dead actor (killed, out of memory, its node lost) is reported as WorkerLost: the job fails and the
 next job starts a new actor. Job files are written by the actor straight into the server's data
@@ -21,9 +21,9 @@ from collections import deque
 from dataclasses import replace
 from typing import Any
 
-from ..batch.ray_pool import actor_options, first_line
 from .executor import JobExecutor, WorkerLost
-from .job_process import JobRunner, JobSpec, WorkerOptions
+from .job_runner import JobRunner, JobSpec, RunnerOptions
+from .ray_connection import actor_options, first_line
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,14 @@ ACTOR_CALLS = 4  # run, take, cancel and stop can all be in flight at once
 class RayJobActor(JobRunner):
     """The actor's side (wrapped by ray.remote in RayExecutor)."""
 
-    def __init__(self, options: WorkerOptions, threads: int | None):
+    def __init__(self, options: RunnerOptions, threads: int | None):
         import ray
 
         logging.basicConfig(level=options.log_level, format="%(asctime)s %(levelname)s [ray worker] %(message)s")
         if threads:
             import torch
             torch.set_num_threads(threads)
-        # An empty working folder, as in the worker process: a Hub id is never read as a relative path.
+        # An empty working folder, as in the job process: a Hub id is never read as a relative path.
         os.chdir(tempfile.mkdtemp(prefix="distill3d-ray-worker-"))
         super().__init__(options)
         self.device = "cuda:0" if ray.get_gpu_ids() else "cpu"  # Ray makes its GPU the only one visible
@@ -61,7 +61,8 @@ class RayJobActor(JobRunner):
         return batch
 
     def run_job(self, spec: JobSpec) -> None:
-        self.run_and_report(replace(spec, device=self.device))
+        # The one setting placed here: the device Ray gave this actor (a copy; the config is frozen).
+        self.run_and_report(replace(spec, config=replace(spec.config, device=self.device)))
 
     def identity(self) -> dict[str, Any]:
         import socket
@@ -71,9 +72,9 @@ class RayJobActor(JobRunner):
 
 class RayExecutor(JobExecutor):
     """One actor for one server device; started on the first job, and again after it died.
-    Needs Ray connected first (backend.batch.ray_pool.connect)."""
+    Needs Ray connected first (ray_connection.connect)."""
 
-    def __init__(self, device: str, options: WorkerOptions):
+    def __init__(self, device: str, options: RunnerOptions):
         self.device, self.options = device, options
         self.loaded_priors = []
         self._actor = None

@@ -19,7 +19,9 @@ Callback = Callable[[Any, Exception | None], None]
 _STOP = object()
 
 
-class Worker:
+class RequestThread:
+    """One background thread with its own Client: `call` queues a request, `drain` runs the answers' callbacks."""
+
     def __init__(self, connection: Connection):
         self.connection = connection
         self._requests: queue.Queue = queue.Queue()

@@ -1,6 +1,7 @@
-"""One DeviceWorker thread per device, in the server process: it keeps that device's queue, hands
-one job at a time to the device's JobExecutor (executor.py: a worker process), relays the job's
-events to subscribers and records how the job ended. The thread itself only waits on a pipe and
+"""One DeviceThread per device, in the server process: it keeps that device's queue, hands one job
+at a time to the device's JobExecutor (backend/runner/: a local job process or a Ray actor), relays
+the job's events to subscribers and records how the job ended. A job reaches it with its
+GenerateConfig already built and placed (requests.py), which the JobSpec carries as it is. The thread itself only waits on a pipe and
 writes small status files, so it never holds the GIL for long and never dies: any failure (a write
 error, a dead worker process) ends that job, and the next job runs.
 
@@ -17,14 +18,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from shared.protocol import ProtocolError
+from shared.protocol import CANCELLED, DONE, FAILED, QUEUED, RUNNING
+from shared.results import CHECKPOINT
 
+from ..runner.executor import JobExecutor, WorkerLost
+from ..runner.job_runner import STOPPED, JobSpec
 from .datadir import is_real_dir, is_real_file_inside
-from .executor import JobExecutor, WorkerLost
-from .job_process import JobSpec
-from .jobs import CHECKPOINT_NAME, Job, JobStore
-from .models import ModelRoots
+from .jobs import Job, JobStore
 from .publish import EventBus
+from .uploads import SOURCE_MESH_NAME
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +42,13 @@ class RunSettings:
     progress_interval_s: float = 0.1
 
 
-class DeviceWorker(threading.Thread):
+class DeviceThread(threading.Thread):
     """A queue of jobs for one device and the thread that runs them in order on its executor."""
 
-    def __init__(self, device: str, executor: JobExecutor, store: JobStore, bus: EventBus, settings: RunSettings,
-                 models: ModelRoots):
-        super().__init__(name=f"distill3d-worker-{device}", daemon=True)
+    def __init__(self, device: str, executor: JobExecutor, store: JobStore, bus: EventBus, settings: RunSettings):
+        super().__init__(name=f"distill3d-device-{device}", daemon=True)
         self.device, self.executor, self.store, self.bus = device, executor, store, bus
-        self.settings, self.models = settings, models
+        self.settings = settings
         self._queue: deque[Job] = deque()
         self._wakeup = threading.Condition()
         self._stopping = False
@@ -110,22 +111,17 @@ class DeviceWorker(threading.Thread):
 
     def _run(self, job: Job) -> None:
         if job.cancel.is_set():
-            self.store.update(job, state="cancelled", message="cancelled before it started", finished=time.time())
+            self.store.update(job, state=CANCELLED, message="cancelled before it started", finished=time.time())
             return
-        try:
-            prior = self.models.resolve(job.status.get("config", {}).get("prior") or job.request.get("prior", "shapes"))
-        except ProtocolError as error:  # the model roots changed since it was submitted
-            self._fail(job, f"this job's request is no longer valid ({error}): resubmit the job", "ProtocolError")
+        if not is_real_dir(job.folder) or (job.config.source_mesh is not None
+                                           and not is_real_file_inside(job.folder, SOURCE_MESH_NAME)):
+            self._fail(job, "the job's folder or its uploaded mesh is no longer real inside the backend's data "
+                            "folder, so the job cannot run: resubmit the job", "DataFolderError")
             return
-        if not is_real_dir(job.folder):
-            self._fail(job, "the job's folder is no longer a real folder inside the backend's data folder, so the "
-                            "job cannot run: resubmit the job", "DataFolderError")
-            return
-        resume = is_real_file_inside(job.folder, CHECKPOINT_NAME)
-        self.store.update(job, state="running", started=time.time(), attempts=int(job.status.get("attempts", 0)) + 1,
+        resume = is_real_file_inside(job.folder, CHECKPOINT)
+        self.store.update(job, state=RUNNING, started=time.time(), attempts=int(job.status.get("attempts", 0)) + 1,
                           message=f"resuming from the checkpoint in {job.folder.name}" if resume else "")
-        spec = JobSpec(job.job_id, str(job.folder), job.request, job.status.get("device") or self.device, prior,
-                       resume, self.settings.coarse_mesh_every, self.settings.preview_interval_s,
+        spec = JobSpec(job.job_id, str(job.folder), job.config, resume, self.settings.preview_interval_s,
                        self.settings.progress_interval_s)
         self.executor.run(spec)
         self._relay(job)
@@ -167,19 +163,21 @@ class DeviceWorker(threading.Thread):
     def _end(self, job: Job, outcome: dict[str, Any]) -> None:
         step = job.status.get("step", 0)
         state = outcome["state"]
-        if state == "done":
+        if state == DONE:
             outputs = self.store.record_outputs(job, outcome.get("outputs", {}))
-            self.store.update(job, state="done", message="finished", finished=time.time(), outputs=outputs,
+            self.store.update(job, state=DONE, message="finished", finished=time.time(), outputs=outputs,
                               step=job.status.get("total", step))
             self.bus.publish(job.job_id, "result", {"outputs": sorted(outputs)})
-        elif state == "cancelled":
-            self.store.update(job, state="cancelled", message=f"cancelled at step {step}", finished=time.time())
-        elif state == "stopped":
-            self.store.update(job, state="queued", message=f"the backend stopped at step {step}: the job resumes "
+        elif state == CANCELLED:
+            self.store.update(job, state=CANCELLED, message=f"cancelled at step {step}", finished=time.time())
+        elif state == STOPPED:
+            self.store.update(job, state=QUEUED, message=f"the backend stopped at step {step}: the job resumes "
                                                            "from its checkpoint when the backend starts again")
         else:
-            self._fail(job, outcome["message"], outcome.get("error_type", "Error"))
+            self._fail(job, outcome["message"], outcome.get("error_type", "Error"), outcome.get("field"))
 
-    def _fail(self, job: Job, message: str, error_type: str) -> None:
-        self.store.update(job, state="failed", message=message, finished=time.time(), error_type=error_type)
+    def _fail(self, job: Job, message: str, error_type: str, field: str | None = None) -> None:
+        """`field`: the setting the error is about, as the first check named it, for the panel."""
+        extra = {"field": field} if field else {}
+        self.store.update(job, state=FAILED, message=message, finished=time.time(), error_type=error_type, **extra)
         self.bus.publish(job.job_id, "log", {"level": "error", "message": message})

@@ -50,6 +50,13 @@ class _Stopwatch:
         self._last = now
 
 
+def _run_default(name: str):
+    """A run setting's default (shared/schema.py RUN_FIELDS), so a direct call exports as a run does.
+    Not `smooth`: a direct call gets the surface without Taubin smoothing unless it asks (the tests'
+    exact fields measure the marching-cubes surface itself); a run's `mesh_smooth` turns it on."""
+    return RUN_FIELDS[name].default
+
+
 def settings_of(config) -> dict:
     """export_mesh's settings saved in a run's GenerateConfig: what `generate` exported with, and what
     `python -m backend export CHECKPOINT` uses unless a flag says otherwise."""
@@ -58,10 +65,11 @@ def settings_of(config) -> dict:
                 denoise=config.mesh_denoise, normal_map=config.normal_map)
 
 
-def export_mesh(field, out_dir, resolution: int = 256, threshold: float | None = None,
-                face_budget: int = 50_000, texture_size: int = 1024, smooth: bool = False,
-                chunk: int = DEFAULT_CHUNK, bound: float = 1.0, min_component: float = 0.1,
-                normal_map: bool = False, denoise: bool = True) -> ExportResult:
+def export_mesh(field, out_dir, resolution: int = _run_default("mesh_resolution"), threshold: float | None = None,
+                face_budget: int = _run_default("face_budget"), texture_size: int = _run_default("texture_size"),
+                smooth: bool = False, chunk: int = DEFAULT_CHUNK, bound: float = 1.0, min_component: float = 0.1,
+                normal_map: bool = _run_default("normal_map"),
+                denoise: bool = _run_default("mesh_denoise")) -> ExportResult:
     """Export `field` (density(points) -> [N], albedo(points) -> [N, 3] in [0, 1], points in the
     backend world [-bound, bound]^3) to out_dir. Raises UserError when there is no surface.
     threshold: the density level of the surface; None chooses it from the field's renders

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from shared.schema import METHODS as METHOD_SCHEMA
+
 from ..errors import UserError
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from shared.results import REPORT, TURNTABLE
+
 from ..cameras import turntable_cameras
 from ..checkpoint import nerf_settings
 from ..config import GenerateConfig

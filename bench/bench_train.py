@@ -2,8 +2,9 @@
 
     python bench/bench_train.py speed                 # median step time and its breakdown, +/- occupancy grid
     python bench/bench_train.py quality               # IoU / albedo error per method on 5 catalog objects, 800 steps
+    python bench/bench_train.py reexport              # export those runs' checkpoints again with this code
     python bench/bench_train.py mesh_quality          # the table of those runs (all methods), with mesh IoU,
-                                                      # Chamfer and texture error of their meshes
+                                                      # Chamfer, texture error and the surface of their meshes
     python bench/bench_train.py diversity             # distinct colours reached for "a sphere" over 8 seeds
     python bench/bench_train.py guidance              # "a red cube" at guidance 100 / 7.5 / 1: the cause of
                                                       # the old gap (docs/quality.md, "Guidance")
@@ -85,38 +86,74 @@ def quality(args) -> dict:
 
 
 def mesh_quality(args) -> dict:
-    """Mesh IoU, Chamfer distance and baked-texture error of the meshes `quality` exported."""
+    """Mesh IoU, Chamfer distance and baked-texture error of the meshes `quality` exported (or
+    `reexport` wrote since), and their surface against the exact object (backend.metrics.surface_metrics)."""
     from bench_export import accuracy  # the same measures the export benchmark uses
 
     from backend.export.readback import load_asset
+    from backend.metrics import surface_metrics
     from backend.priors.shapes_world import parse_prompt
 
     rows, pictures, labels = {}, [], []
     print(f"\n{'method':6s} {'object':20s} {'field IoU':>9s} {'albedo':>7s} {'mesh IoU':>9s} {'Chamfer':>8s} "
-          f"{'tex err':>8s}")
+          f"{'tex err':>8s} {'level':>6s} {'F@0.01':>6s} {'offset':>7s} {'acc':>6s} {'normals':>7s} {'flat':>5s} "
+          f"{'-z flat':>7s} {'bottom':>7s}")
     for prompt in args.objects:
         for method in args.methods:
             folder = OUT / f"quality_{method}_{prompt.replace(' ', '_')}"
             if not (folder / "mesh.glb").exists():
                 continue
-            truth = json.loads((folder / "report.json").read_text())["ground_truth"]
-            row = {**accuracy(parse_prompt(prompt)[0], load_asset(folder / "mesh.glb")),
-                   "field_iou": truth["volume_iou"], "albedo_error": truth["albedo_error"]}
+            report = json.loads((folder / "report.json").read_text())
+            export = json.loads((folder / "export.json").read_text()) if (folder / "export.json").exists() \
+                else report["export"]     # `reexport` wrote the mesh after the run
+            truth, obj, mesh = report["ground_truth"], parse_prompt(prompt)[0], load_asset(folder / "mesh.glb")
+            surface = surface_metrics(mesh.vertices, mesh.faces, obj)
+            row = {**accuracy(obj, mesh), "field_iou": truth["volume_iou"], "albedo_error": truth["albedo_error"],
+                   "level": export["threshold"], "cavity_nodes_filled": export.get("cavity_nodes_filled"),
+                   "surface": surface}
             rows[f"{method} | {prompt}"] = row
             pictures.append(np.asarray(Image.open(folder / "turntable.png"))[: args.tile, : args.tile])
             labels.append(f"{method}: {prompt[2:]}")
+            z_flat = surface["faces"]["-z"]["flat_share"] if "faces" in surface else float("nan")
             print(f"{method:6s} {prompt:20s} {row['field_iou']:9.3f} {row['albedo_error']:7.3f} {row['iou']:9.3f} "
-                  f"{row['chamfer']:8.4f} {row['tex_err']:8.3f}", flush=True)
+                  f"{row['chamfer']:8.4f} {row['tex_err']:8.3f} {row['level']:6.2f} {surface['fscore']:6.3f} "
+                  f"{surface['offset']:+7.4f} {surface['accuracy']:6.4f} {surface['normal_error_mean']:7.2f} "
+                  f"{surface.get('flat_share', surface['within_5deg']):5.3f} {z_flat:7.3f} "
+                  f"{surface['regions']['bottom']['offset']:+7.4f}", flush=True)
     if pictures:
         save_png(grid(pictures, labels, columns=len(args.methods)), OUT / "quality_grid.png")
     print(f"\n{'method':6s} {'mean field IoU':>14s} {'min':>6s} {'mean albedo err':>15s} {'mean mesh IoU':>13s} "
-          f"{'mean tex err':>12s}")
+          f"{'mean tex err':>12s} {'mean F':>6s} {'min F':>6s} {'mean |offset|':>13s} {'mean normals':>12s}")
     for method in args.methods:
         mine = [row for key, row in rows.items() if key.startswith(f"{method} |")]
         if mine:
-            print(f"{method:6s} {statistics.mean(r['field_iou'] for r in mine):14.3f} "
-                  f"{min(r['field_iou'] for r in mine):6.3f} {statistics.mean(r['albedo_error'] for r in mine):15.3f} "
-                  f"{statistics.mean(r['iou'] for r in mine):13.3f} {statistics.mean(r['tex_err'] for r in mine):12.3f}")
+            mean = lambda key: statistics.mean(key(r) for r in mine)  # noqa: E731
+            print(f"{method:6s} {mean(lambda r: r['field_iou']):14.3f} {min(r['field_iou'] for r in mine):6.3f} "
+                  f"{mean(lambda r: r['albedo_error']):15.3f} {mean(lambda r: r['iou']):13.3f} "
+                  f"{mean(lambda r: r['tex_err']):12.3f} {mean(lambda r: r['surface']['fscore']):6.3f} "
+                  f"{min(r['surface']['fscore'] for r in mine):6.3f} "
+                  f"{mean(lambda r: abs(r['surface']['offset'])):13.4f} "
+                  f"{mean(lambda r: r['surface']['normal_error_mean']):12.2f}")
+    return rows
+
+
+def reexport(args) -> dict:
+    """Export each `quality` run's checkpoint again, in place, with the run's own settings and this
+    code's export (docs/export.md), writing the export's stats to export.json for `mesh_quality`."""
+    from backend.export import export_mesh, settings_of
+
+    rows = {}
+    for prompt in args.objects:
+        for method in args.methods:
+            folder = OUT / f"quality_{method}_{prompt.replace(' ', '_')}"
+            if not (folder / "checkpoint.pt").exists():
+                continue
+            model, config = load_model(folder / "checkpoint.pt")
+            stats = export_mesh(model, folder, **settings_of(config)).stats
+            (folder / "export.json").write_text(json.dumps(stats, indent=1))
+            rows[f"{method} | {prompt}"] = stats
+            print(f"{method:5s} {prompt:20s} level {stats['threshold']:6.2f}  faces {stats['faces']:6d}  cavity nodes "
+                  f"filled {stats['cavity_nodes_filled']:6d}  {stats['total_seconds']:.1f} s", flush=True)
     return rows
 
 
@@ -217,8 +254,8 @@ def guidance(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("speed", "quality", "mesh_quality", "diversity", "guidance", "surface",
-                                         "orientation", "all"),
+    parser.add_argument("what", choices=("speed", "quality", "reexport", "mesh_quality", "diversity", "guidance",
+                                         "surface", "orientation", "all"),
                         nargs="?", default="all")
     parser.add_argument("--steps", type=int, default=800, help="the draft preset's (and the demo's) 800 by default")
     parser.add_argument("--seeds", type=int, default=8)
@@ -239,9 +276,10 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     results = {}
     suffix = "" if args.methods == list(METHODS) else "_" + "-".join(args.methods)
-    for what, fn in (("speed", speed), ("quality", quality), ("mesh_quality", mesh_quality), ("diversity", diversity),
-                     ("guidance", guidance), ("surface", surface), ("orientation", orientation)):
-        if args.what == what or (args.what == "all" and what not in ("surface", "orientation")):  # experiments
+    for what, fn in (("speed", speed), ("quality", quality), ("reexport", reexport), ("mesh_quality", mesh_quality),
+                     ("diversity", diversity), ("guidance", guidance), ("surface", surface),
+                     ("orientation", orientation)):
+        if args.what == what or (args.what == "all" and what not in ("reexport", "surface", "orientation")):
             results[what] = fn(args)
             (OUT / f"train_{what}{suffix}.json").write_text(json.dumps(results[what], indent=1, default=str))
 

@@ -165,6 +165,16 @@ def test_floaters_are_dropped(tmp_path):
     assert result.stats["components_dropped"] == 1
 
 
+def test_a_hidden_cavity_is_filled(tmp_path):
+    """A hollow ball, a shell from radius 0.3 to 0.5: no camera sees its inner wall, so the file holds
+    the outer surface only (without the fill the inner wall, a third of the outer's area, is kept)."""
+    def sdf(points):
+        return torch.maximum(world.sdf_sphere(points), 0.3 - points.norm(dim=-1))
+    result = export_mesh(SDFField(sdf), tmp_path, threshold=25.0, resolution=64, face_budget=4000, texture_size=128)
+    radius = np.linalg.norm(load_asset(result.paths["mesh.glb"]).vertices, axis=1)
+    assert radius.min() > world.SPHERE_RADIUS - 0.03 and result.stats["cavity_nodes_filled"] > 1000
+
+
 def test_smoothing_keeps_the_shape_and_lowers_the_error(tmp_path):
     errors = []
     for smooth in (False, True):

@@ -24,21 +24,27 @@ class ProfileField:
 
 
 def test_a_hard_surface_gives_the_middle_of_the_levels_that_agree():
-    # a step of height 200: a ray is opaque exactly when it meets density 200, so every level in
-    # (0, 200] draws the rendered silhouettes; the rule takes the middle
+    # a step of height 200: a ray is opaque when it meets density 200 (but for a chord of under
+    # ln 2 / 200 across a corner), so every level in (0, 200] draws the rendered silhouettes. Every
+    # peak on the outline is 200, so there is no line to fit: the rule takes the middle
     field = ProfileField(world.sdf_cube, lambda depth: 200.0 * (depth > 0).float())
     level = surface_level(field)
-    assert level.level == pytest.approx(100.0) and level.rays > 5000 and "0 of" in level.rule
+    assert level.level == pytest.approx(100.0) and level.rays > 5000 and "agree best" in level.rule
 
 
-def test_a_soft_surface_gives_the_density_at_the_rendered_silhouette():
+@pytest.mark.parametrize("slope", [200.0, 2000.0])
+def test_a_soft_surface_gives_the_density_at_the_rendered_silhouette(slope):
     # density rising linearly (slope a) into a sphere of radius R: a ray passing delta inside its
     # rim meets at most a delta, over a chord of 2 sqrt(2 R delta), so its optical depth is
     # (4/3) a delta sqrt(2 R delta). It reaches ln 2 (opacity 0.5) at the level a delta below.
-    slope, rim = 200.0, world.SPHERE_RADIUS + 0.1
+    # At slope 2000 that chord is about three coarse steps long: read coarsely, or with every view's
+    # pixel grid meeting the outline at the same distances, the level comes out 2-40% off.
+    rim = world.SPHERE_RADIUS + 0.1
     field = ProfileField(world.sdf_sphere, lambda depth: slope * (depth + 0.1))
     delta = (3.0 * math.log(2.0) / (4.0 * slope * math.sqrt(2.0 * rim))) ** (2.0 / 3.0)
-    assert surface_level(field).level == pytest.approx(slope * delta, rel=0.25)
+    level = surface_level(field)
+    assert level.level == pytest.approx(slope * delta, rel=0.015) and "fitted" in level.rule
+    assert surface_level(field, rays=24).level == pytest.approx(slope * delta, rel=0.015)
 
 
 def test_an_empty_field_says_what_to_do():

@@ -8,7 +8,7 @@ from ..errors import UserError
 from .cleanup import as_mesh, decimate
 from .extract import DEFAULT_CHUNK, marching_cubes
 from .frames import to_gltf
-from .grid import density_grid
+from .grid import density_grid, fill_cavities
 from .level import surface_level
 from .uv_bake import vertex_colors
 
@@ -27,7 +27,7 @@ def coarse_mesh(field, resolution: int = 64, threshold: float | None = None, bou
         threshold = surface_level(field, bound, chunk, rays=LIVE_RAYS).level if threshold is None else float(threshold)
     except UserError:   # no view is opaque yet
         return empty
-    grid, _ = density_grid(field, resolution, threshold, bound, chunk)
+    grid, _ = fill_cavities(density_grid(field, resolution, threshold, bound, chunk)[0], threshold)
     try:
         vertices, faces = marching_cubes(grid, threshold, bound)
         mesh = decimate(as_mesh(vertices, faces), face_budget)

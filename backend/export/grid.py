@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .extract import DEFAULT_CHUNK, field_device, query
 
@@ -47,6 +48,22 @@ def density_grid(field, resolution: int, threshold: float, bound: float = 1.0, c
         # the surface may leave the exact region: follow it into the coarse cells it enters
         todo = _crossed_blocks(grid > threshold, coarse) & ~done
     return grid, queried
+
+
+def fill_cavities(grid: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
+    """(grid, nodes filled): every region below `threshold` that does not reach the box's faces is a
+    cavity closed inside the object, which no camera can see; its nodes are raised to the largest
+    density, so marching cubes draws the outer shell only. A field's unseen inside is not pushed to
+    be dense, so it can hold low-density pockets whose walls would come out as hidden inner
+    surfaces (docs/export.md, "Hidden inner surfaces"). Openings to the outside, like a torus's
+    hole, reach the faces and stay as they are."""
+    inside = grid > threshold
+    cavity = ndimage.binary_fill_holes(inside) & ~inside
+    count = int(cavity.sum())
+    if count:
+        grid = grid.copy()
+        grid[cavity] = grid[inside].max()
+    return grid, count
 
 
 @torch.no_grad()

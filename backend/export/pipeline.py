@@ -21,7 +21,7 @@ from . import cleanup
 from .extract import DEFAULT_CHUNK, marching_cubes
 from .files import Asset, write_asset
 from .frames import to_gltf
-from .grid import density_grid
+from .grid import density_grid, fill_cavities
 from .level import fixed_level, surface_level
 from .manifold import unit_normals
 from .normal_map import bake_normal_map, tangent_frames
@@ -89,6 +89,7 @@ def export_mesh(field, out_dir, resolution: int = _run_default("mesh_resolution"
     clock.lap("level")
 
     grid, queried = density_grid(field, resolution, threshold, bound, chunk)
+    grid, cavity_nodes = fill_cavities(grid, threshold)
     clock.lap("density")
     vertices, faces = marching_cubes(grid, threshold, bound)
     clock.lap("marching_cubes")
@@ -131,7 +132,8 @@ def export_mesh(field, out_dir, resolution: int = _run_default("mesh_resolution"
                  face_budget=face_budget, texture_size=texture_size, smooth=smooth, denoise=denoise,
                  uv_ok=atlas is not None, uv_charts=atlas.charts if atlas else 0, texture_fill=round(fill, 4),
                  normal_map=asset.normal_texture is not None,
-                 watertight=watertight, components_dropped=dropped, density_queries=queried, seconds=clock.seconds,
+                 watertight=watertight, components_dropped=dropped, cavity_nodes_filled=cavity_nodes,
+                 density_queries=queried, seconds=clock.seconds,
                  total_seconds=round(sum(clock.seconds.values()), 3))
     logger.info("exported %d faces to %s in %.1f s", stats["faces"], out_dir, stats["total_seconds"])
     return ExportResult(paths=paths, stats=stats)

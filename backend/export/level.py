@@ -33,6 +33,7 @@ PEAK_WINDOW = 2                 # coarse steps each side of a ray's coarse peak,
 FINE_PER_STEP = 8               # fine samples per coarse step there
 HALF_LIGHT = math.log(2.0)      # optical depth at which T = 0.5: the rendered silhouette's edge
 FIT_OPACITY = (0.2, 0.8)        # the rays on the outline the fit uses
+FINE_OPACITY = (0.01, 0.995)    # coarse opacities read finely: the fit's band with a wide margin
 FIT_MIN_RAYS = 20               # fewer (a hard surface, or few rays): the agreement count instead
 FIT_MIN_SPREAD = 0.1            # nor when their log depths or log peaks hardly differ (a step): no line
 
@@ -88,16 +89,23 @@ def _depth_and_peak(field, origins, dirs, t, step, sigma, device, chunk) -> tupl
     outline crosses the dense shell in a chord only a few coarse steps long, so both are read
     finely over PEAK_WINDOW steps each side of the coarse peak: read coarsely, the peak comes out
     low (the level too, and the mesh too big) and the depth of such short chords is off by tens of
-    percent (docs/export.md, "The surface level")."""
+    percent (docs/export.md, "The surface level"). Only the rays whose coarse opacity lies in
+    FINE_OPACITY are read finely: far from the outline the coarse reading decides the same."""
+    depth, peak = sigma.sum(dim=1) * step, sigma.amax(dim=1)
+    coarse_opacity = 1.0 - torch.exp(-depth)
+    near = torch.nonzero((coarse_opacity > FINE_OPACITY[0]) & (coarse_opacity < FINE_OPACITY[1])).squeeze(1)
+    if len(near) == 0:
+        return depth, peak
+    sigma, t, step = sigma[near], t[near], step[near]
     steps = sigma.shape[1]
     at = sigma.argmax(dim=1).clamp(PEAK_WINDOW, steps - PEAK_WINDOW - 1)
     window = (torch.arange(steps)[None] - at[:, None]).abs() <= PEAK_WINDOW        # coarse samples replaced
     fine_count = (2 * PEAK_WINDOW + 1) * FINE_PER_STEP
     offsets = (torch.arange(fine_count) + 0.5) / FINE_PER_STEP - (PEAK_WINDOW + 0.5)
     t_fine = t.gather(1, at[:, None]) + offsets * step[:, None]
-    fine = _density(field, origins[:, None] + t_fine[..., None] * dirs[:, None], device, chunk)
-    depth = (sigma * ~window).sum(dim=1) * step + fine.sum(dim=1) * step / FINE_PER_STEP
-    peak = torch.maximum((sigma * ~window).amax(dim=1), fine.amax(dim=1))
+    fine = _density(field, origins[near, None] + t_fine[..., None] * dirs[near, None], device, chunk)
+    depth[near] = (sigma * ~window).sum(dim=1) * step + fine.sum(dim=1) * step / FINE_PER_STEP
+    peak[near] = torch.maximum((sigma * ~window).amax(dim=1), fine.amax(dim=1))
     return depth, peak
 
 

@@ -33,7 +33,7 @@ PEAK_WINDOW = 2                 # coarse steps each side of a ray's coarse peak,
 FINE_PER_STEP = 8               # fine samples per coarse step there
 HALF_LIGHT = math.log(2.0)      # optical depth at which T = 0.5: the rendered silhouette's edge
 FIT_OPACITY = (0.2, 0.8)        # the rays on the outline the fit uses
-FINE_OPACITY = (0.01, 0.995)    # coarse opacities read finely: the fit's band with a wide margin
+FINE_OPACITY = (0.001, 0.9999)  # coarse opacities read finely: the fit's band with a wide margin (docs/export.md)
 FIT_MIN_RAYS = 20               # fewer (a hard surface, or few rays): the agreement count instead
 FIT_MIN_SPREAD = 0.1            # nor when their log depths or log peaks hardly differ (a step): no line
 

@@ -200,14 +200,17 @@ def _point_triangle_distance(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
 
 def point_mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, k: int = 16) -> np.ndarray:
     """Exact distance [N] from each point to a triangle mesh. Candidates are the faces with the k
-    nearest centroids; a face further out has its centroid at least d_k away, so it is at least
-    d_k - r away (r: the largest centroid-to-vertex distance of any face). Points whose best
-    distance is not below that bound are answered again with every face in reach."""
+    nearest centroids; face j is at least |p - c_j| - r_j away (c_j its centroid, r_j its largest
+    centroid-to-vertex distance), so a face further out than the k-th centroid is at least d_k - r
+    away (r: the largest r_j). Points whose best distance is not below that bound are answered again
+    with the faces in reach whose own bound is below it (on a decimated mesh a few long faces make r
+    large, and the exact test of every face in reach was most of the time)."""
     from scipy.spatial import cKDTree
 
     points, tri = np.asarray(points, np.float64), np.asarray(vertices, np.float64)[faces]
     centroid = tri.mean(axis=1)
-    reach = float(np.linalg.norm(tri - centroid[:, None], axis=2).max())
+    radius = np.linalg.norm(tri - centroid[:, None], axis=2).max(axis=1)
+    reach = float(radius.max())
     tree = cKDTree(centroid)
     k = min(k, len(faces))
     centre_distance, nearest = tree.query(points, k=k)
@@ -218,8 +221,10 @@ def point_mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndar
     if len(unsure):
         candidates = tree.query_ball_point(points[unsure], best[unsure] + reach)
         owner = np.repeat(unsure, [len(c) for c in candidates])
-        exact = _point_triangle_distance(points[owner], tri[np.concatenate(candidates).astype(np.int64)])
-        np.minimum.at(best, owner, exact)
+        face = np.concatenate(candidates).astype(np.int64)
+        near = np.linalg.norm(points[owner] - centroid[face], axis=1) - radius[face] < best[owner]
+        owner, face = owner[near], face[near]
+        np.minimum.at(best, owner, _point_triangle_distance(points[owner], tri[face]))
     return best
 
 

@@ -147,6 +147,21 @@ def test_point_mesh_distance_is_exact():
     assert point_mesh_distance(far, vertices, faces) == pytest.approx([0.4, 0.5 - 0.0224], abs=2e-3)
 
 
+def test_point_mesh_distance_is_exact_beside_a_long_face():
+    # one long face makes the candidates' reach large, as a decimated mesh's few long faces do: every
+    # point then takes the second pass, which must still find each point's nearest face
+    from backend.metrics import _point_triangle_distance
+
+    vertices, faces = exact_mesh("sphere", 32)
+    long_face = np.array([[-0.9, -0.9, 0.8], [0.9, -0.9, 0.8], [0.0, -0.85, 0.81]])
+    vertices = np.concatenate([vertices, long_face])
+    faces = np.concatenate([faces, [[len(vertices) - 3, len(vertices) - 2, len(vertices) - 1]]])
+    points = np.random.default_rng(1).uniform(-0.9, 0.9, size=(200, 3))
+    tri = vertices[faces]
+    brute = np.array([_point_triangle_distance(np.repeat(p[None], len(faces), 0), tri).min() for p in points])
+    assert np.abs(point_mesh_distance(points, vertices, faces) - brute).max() < 1e-12
+
+
 @pytest.mark.parametrize("shape", ["cube", "cone"])
 def test_marching_cubes_of_the_exact_sdf_measures_as_exact(shape):
     obj = CatalogObject(shape, "red")

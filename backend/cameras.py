@@ -15,7 +15,7 @@ import torch.nn.functional as F
 # threestudio's DreamFusion-SD ranges (docs/methods.md, "The NeRF side"), except the lowest elevation:
 # from -10 degrees the underside is seen only at a grazing angle, so nothing holds it flat and it
 # bulges (issue 19); from -30 the cube's bottom still came out a shallow dish; from -45, as low as the
-# highest views, it is as flat as the other faces (docs/quality.md, "Surface").
+# highest views, it is as flat as the top (docs/quality.md, "The underside, from -45 degrees").
 DISTANCE_RANGE = (1.5, 2.0)
 FOVY_RANGE_DEG = (40.0, 70.0)
 ELEVATION_RANGE_DEG = (-45.0, 45.0)

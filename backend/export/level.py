@@ -90,7 +90,8 @@ def _depth_and_peak(field, origins, dirs, t, step, sigma, device, chunk) -> tupl
     finely over PEAK_WINDOW steps each side of the coarse peak: read coarsely, the peak comes out
     low (the level too, and the mesh too big) and the depth of such short chords is off by tens of
     percent (docs/export.md, "The surface level"). Only the rays whose coarse opacity lies in
-    FINE_OPACITY are read finely: far from the outline the coarse reading decides the same."""
+    FINE_OPACITY are read finely: far from the outline the coarse reading nearly always decides the
+    same (docs/export.md gives where it did not)."""
     depth, peak = sigma.sum(dim=1) * step, sigma.amax(dim=1)
     coarse_opacity = 1.0 - torch.exp(-depth)
     near = torch.nonzero((coarse_opacity > FINE_OPACITY[0]) & (coarse_opacity < FINE_OPACITY[1])).squeeze(1)

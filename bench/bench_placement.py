@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backend import metrics  # noqa: E402
-from backend.cameras import orbit_cameras  # noqa: E402
+from backend.cameras import turntable_cameras  # noqa: E402
 from backend.checkpoint import load_model  # noqa: E402
 from backend.export.readback import load_asset  # noqa: E402
 from backend.priors.shapes import sphere_trace  # noqa: E402
@@ -36,8 +36,9 @@ from backend.priors.shapes_world import SHAPE_RADIUS, SHAPES, parse_prompt  # no
 
 OUT = Path(__file__).resolve().parent / "out"
 ELEVATIONS = (-45, -30, -20, -10, 0, 10, 20, 30, 45)
-AZIMUTHS = (0, 60, 120, 180, 240, 300)
-RESOLUTION, SUPERSAMPLE, DISTANCE, FOVY = 64, 8, 1.75, 55.0
+VIEWS = 6                                      # azimuths 0, 60, ... 300 at each elevation
+AZIMUTHS = tuple(range(0, 360, 360 // VIEWS))
+RESOLUTION, SUPERSAMPLE, DISTANCE = 64, 8, 1.75
 
 
 def best_shift(obj, mesh_path: Path) -> dict:
@@ -53,28 +54,21 @@ def best_shift(obj, mesh_path: Path) -> dict:
     return {"shift_up": round(best[1], 4), "mean_abs_sdf": [at_zero[0], best[0]], "precision": [at_zero[2], best[2]]}
 
 
-def _view(elevation: float, azimuth: float, resolution: int):
-    full = lambda v: torch.tensor([float(v)])  # noqa: E731
-    return orbit_cameras(full(elevation), full(azimuth), full(DISTANCE), full(FOVY), resolution, resolution)
-
-
 @torch.no_grad()
 def outline_excess(model, shape: str) -> list[list[float]]:
     """[elevation][azimuth] mean excess of the field's lower-half opacity per covered column, pixels."""
+    lower = slice(RESOLUTION // 2, RESOLUTION)
     table = []
     for elevation in ELEVATIONS:
-        row = []
-        for azimuth in AZIMUTHS:
-            opacity = model.render(_view(elevation, azimuth, RESOLUTION), "albedo",
-                                   torch.tensor([[0.0, 0.0, 3.0]])).opacity[0, :, :, 0]
-            origins, dirs = (t.reshape(-1, 3) for t in _view(elevation, azimuth, RESOLUTION * SUPERSAMPLE).rays())
-            hit_rays, _ = sphere_trace(SHAPES[shape], origins, dirs, SHAPE_RADIUS[shape])
-            hits = torch.zeros(origins.shape[0]).index_fill_(0, hit_rays, 1.0)
-            coverage = hits.view(RESOLUTION, SUPERSAMPLE, RESOLUTION, SUPERSAMPLE).mean((1, 3))
-            lower = slice(RESOLUTION // 2, RESOLUTION)
-            columns = (coverage[lower].sum(0) > 0).sum().clamp(min=1)
-            row.append(((opacity[lower].sum() - coverage[lower].sum()) / columns).item())
-        table.append(row)
+        cameras = turntable_cameras(VIEWS, RESOLUTION, RESOLUTION, elevation, DISTANCE)
+        opacity = model.render(cameras, "albedo", torch.tensor([[0.0, 0.0, 3.0]]).expand(VIEWS, 3)).opacity[..., 0]
+        fine = turntable_cameras(VIEWS, RESOLUTION * SUPERSAMPLE, RESOLUTION * SUPERSAMPLE, elevation, DISTANCE)
+        origins, dirs = (t.reshape(-1, 3) for t in fine.rays())
+        hit_rays, _ = sphere_trace(SHAPES[shape], origins, dirs, SHAPE_RADIUS[shape])
+        hits = torch.zeros(origins.shape[0]).index_fill_(0, hit_rays, 1.0)
+        coverage = hits.view(VIEWS, RESOLUTION, SUPERSAMPLE, RESOLUTION, SUPERSAMPLE).mean((2, 4))
+        columns = (coverage[:, lower].sum(1) > 0).sum(1).clamp(min=1)
+        table.append(((opacity[:, lower].sum((1, 2)) - coverage[:, lower].sum((1, 2))) / columns).tolist())
     return table
 
 

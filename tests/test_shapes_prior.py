@@ -224,6 +224,19 @@ def test_renders_are_cached_per_view_and_follow_a_new_background():
     assert torch.allclose(to_rgb(second[:, 0, :, 0, 0]), torch.ones(len(CATALOG), 3))
 
 
+
+def test_only_the_shapes_a_condition_names_are_traced_and_they_render_as_in_the_whole_world():
+    prior = load_prior("shapes", resolution=16)
+    prior.set_prompts("a green cone")
+    view = make_view(orbit_cameras(torch.tensor([20.0]), torch.tensor([30.0]), torch.tensor([1.8]),
+                                   torch.tensor([50.0]), 16, 16), shading="lambertian")
+    alone = prior.candidates(TEXT, view)
+    assert set(prior._geometry) == {"cone"}
+    world = prior.candidates(UNCOND, view)
+    assert set(prior._geometry) == set(SHAPES)
+    cone = CATALOG.index(CatalogObject("cone", "green", "plain"))
+    assert torch.allclose(alone[0], world[cone], atol=1e-6) and not torch.allclose(world[0], world[cone])
+
 def test_unknown_prompt_and_condition_are_user_errors():
     prior = ShapesPrior(resolution=16)
     with pytest.raises(UserError, match="vocabulary"):

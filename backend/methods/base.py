@@ -60,7 +60,10 @@ def timestep_batch(t: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def guided_noise(prior: Prior, z_t: torch.Tensor, t: int, view: View, scale: float) -> torch.Tensor:
-    """e_s(z_t, t): text and empty-prompt predictions in ONE prior call, combined by CFG."""
+    """e_s(z_t, t): text and empty-prompt predictions in ONE prior call, combined by CFG. At s = 1,
+    e_s = e_y: the empty prompt's prediction would cancel, so it is not computed."""
+    if scale == 1.0:
+        return prior.predict_noise(z_t, timestep_batch(t, z_t), (TEXT,), view)[0]
     e_text, e_uncond = prior.predict_noise(z_t, timestep_batch(t, z_t), (TEXT, UNCOND), view)
     return cfg_combine(e_uncond, e_text, scale)
 

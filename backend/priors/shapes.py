@@ -5,9 +5,10 @@ Its denoiser is the exact posterior mean over the renders of the objects a condi
 the objects the negative prompt names or, for a negative prompt naming none (NFSD's "unrealistic,
 blurry, ..."), Gaussian-blurred renders of every object.
 
-Rendering is cheap because it is shared: geometry depends only on the shape, so each shape is
-sphere-traced once per camera set (2x2 supersampled for anti-aliasing); every colour and pattern is
-then shaded at those hit points, and the subsamples are summed into pixels once for all objects.
+Rendering is cheap because it is shared and lazy: geometry depends only on the shape, so a shape is
+sphere-traced once per camera set (2x2 supersampled for anti-aliasing), and only when a condition names
+an object of that shape; every colour and pattern is then shaded at those hit points, and the
+subsamples are summed into pixels once for all objects of the shape.
 """
 from __future__ import annotations
 
@@ -72,10 +73,10 @@ class _Hits:
 
 @dataclass
 class _Layers:
-    """Every catalog object for one view in the prior's space, split so that an object's picture is
-    one gather and one add: x = colors[shape, pattern, colour] + base[shape]."""
-    colors: torch.Tensor  # [S, P, Q, B, 3, H, W]: twice the premultiplied colour (SHAPES, PATTERNS, COLORS order)
-    base: torch.Tensor    # [S, B, 3, H, W]: the background where the shape leaves it, mapped to [-1, 1]
+    """Every catalog object of one shape for one view in the prior's space, split so that an object's
+    picture is one gather and one add: x = colors[pattern, colour] + base."""
+    colors: torch.Tensor  # [P, Q, B, 3, H, W]: twice the premultiplied colour (PATTERNS, COLORS order)
+    base: torch.Tensor    # [B, 3, H, W]: the background where the shape leaves it, mapped to [-1, 1]
 
 
 def sphere_trace(sdf: SDF, origins: torch.Tensor, dirs: torch.Tensor,
@@ -145,12 +146,11 @@ class ShapesPrior(ExactPrior):
     def __init__(self, resolution: int = 64, device: torch.device | str = "cpu"):
         super().__init__(resolution)
         self.device = torch.device(device)
-        self._shape_names = list(SHAPES)
         self._color_names = list(COLORS)
         self._geometry_key: tuple | None = None
-        self._geometry: list[_Hits] = []
+        self._geometry: dict[str, _Hits] = {}   # shape -> its hits, for the cameras of _geometry_key
         self._view_key: tuple | None = None
-        self._layers: _Layers | None = None
+        self._layers: dict[str, _Layers] = {}   # shape -> its objects' layers, for _view_key's view
         self._rendered: dict[str, torch.Tensor] = {}
         self.set_prompts("")
 
@@ -188,12 +188,12 @@ class ShapesPrior(ExactPrior):
         self._prepare(view)
         if condition not in self._rendered:
             if condition == TEXT:
-                images = self._assemble(self.text_objects)
+                images = self._assemble(self.text_objects, view)
             elif condition == UNCOND:
-                images = self._assemble(CATALOG)
+                images = self._assemble(CATALOG, view)
             elif condition == NEGATIVE:
                 if self.negative_objects is not None:
-                    images = self._assemble(self.negative_objects)
+                    images = self._assemble(self.negative_objects, view)
                 else:  # blur what UNCOND means (shares its renders)
                     sharp = self.candidates(UNCOND, view)
                     images = _gaussian_blur(sharp, BLUR_SIGMA * self.render_resolution)
@@ -203,20 +203,28 @@ class ShapesPrior(ExactPrior):
         return self._rendered[condition]
 
     def _prepare(self, view: View) -> None:
-        """Trace (if the cameras changed) and shade (if anything changed) every object for `view`."""
+        """Forget the traces if the cameras changed, and the shading and pictures if anything changed."""
         cams = view.cameras
         geometry_key = (cams.c2w.detach().to(self.device).clone(), cams.fovy.detach().to(self.device).clone(),
                         cams.height, cams.width)
         if not _same(geometry_key, self._geometry_key):
-            self._geometry = [self._trace(shape, cams) for shape in SHAPES]
+            self._geometry = {}
             self._geometry_key = geometry_key
             self._view_key = None
         view_key = (view.shading, view.light_positions.detach().to(self.device).clone(),
                     view.background.detach().to(self.device).clone())
         if not _same(view_key, self._view_key):
-            self._layers = self._shade(view)
+            self._layers = {}
             self._view_key = view_key
             self._rendered = {}
+
+    def _shape_layers(self, shape: str, view: View) -> _Layers:
+        """The layers of `shape`'s objects for `view` (the view _prepare saw), traced and shaded on first use."""
+        if shape not in self._layers:
+            if shape not in self._geometry:
+                self._geometry[shape] = self._trace(shape, view.cameras)
+            self._layers[shape] = self._shade(self._geometry[shape], view)
+        return self._layers[shape]
 
     def _trace(self, shape: str, cameras: Cameras) -> _Hits:
         ss = SUPERSAMPLE
@@ -229,8 +237,9 @@ class ShapesPrior(ExactPrior):
         points = torch.addcmul(origins[index], t[:, None], dirs[index])
         return _Hits(index, points, sdf_gradient(sdf, points))
 
-    def _shade(self, view: View) -> _Layers:
-        """Every object's picture for the view, as x = 2 * colour + base[shape] in the prior's space."""
+    def _shade(self, hits: _Hits, view: View) -> _Layers:
+        """The picture of every object of the shape traced as `hits`, for the view, as x = 2 * colour + base
+        in the prior's space."""
         cams = view.cameras
         b, h, w, ss = len(cams), cams.height, cams.width, SUPERSAMPLE
         palette = torch.tensor(list(COLORS.values()), device=self.device)                     # [Q, 3]
@@ -240,37 +249,38 @@ class ShapesPrior(ExactPrior):
         if background.shape[-2:] != (h, w):
             background = F.interpolate(background, size=(h, w), mode="bilinear", align_corners=False)
         q = len(palette)
-        colors = torch.zeros(len(SHAPES), len(PATTERNS), b * h * w, q * 3, device=self.device)
-        coverage = torch.zeros(len(SHAPES), b * h * w, device=self.device)
-        for s, hits in enumerate(self._geometry):
-            # subsample (camera, row, col) at supersampled resolution -> its pixel's flat index
-            camera, rest = hits.index.div(h * ss * w * ss, rounding_mode="floor"), hits.index % (h * ss * w * ss)
-            row, col = rest.div(w * ss, rounding_mode="floor") // ss, (rest % (w * ss)) // ss
-            pixel = (camera * h + row) * w + col
-            # every palette colour shaded at every hit, [M, Q, 3], weighted as a subsample of its pixel
-            # and doubled for x = 2 * rgb - 1 (ExactPrior.encode)
-            lit = shade(palette.expand(len(pixel), -1, -1), hits.normals[:, None], hits.points[:, None],
-                        lights[camera][:, None], view.shading) * (2.0 / ss ** 2)
-            for p, pattern in enumerate(PATTERNS):
-                mask = pattern_mask(pattern, hits.points)[:, None, None]
-                mixed = lit + (lit[:, accent] - lit) * mask if pattern != "plain" else lit
-                # (index_put_ rather than index_add_: the latter stalls on a busy CPU; docs/quality.md,
-                # "Figures behind design choices")
-                colors[s, p].index_put_((pixel,), mixed.reshape(len(pixel), q * 3), accumulate=True)
-            coverage[s] = torch.bincount(pixel, minlength=b * h * w).float() / ss ** 2
-        # [S, P, B*H*W, Q*3] -> [S, P, Q, B, 3, H, W]
-        colors = colors.view(len(SHAPES), len(PATTERNS), b, h, w, q, 3).permute(0, 1, 5, 2, 6, 3, 4)
-        coverage = coverage.view(len(SHAPES), b, 1, h, w)
-        # 2 * (colour + (1 - coverage) * background) - 1 = 2 * colour + base, with base per shape:
+        colors = torch.zeros(len(PATTERNS), b * h * w, q * 3, device=self.device)
+        # subsample (camera, row, col) at supersampled resolution -> its pixel's flat index
+        camera, rest = hits.index.div(h * ss * w * ss, rounding_mode="floor"), hits.index % (h * ss * w * ss)
+        row, col = rest.div(w * ss, rounding_mode="floor") // ss, (rest % (w * ss)) // ss
+        pixel = (camera * h + row) * w + col
+        # every palette colour shaded at every hit, [M, Q, 3], weighted as a subsample of its pixel
+        # and doubled for x = 2 * rgb - 1 (ExactPrior.encode)
+        lit = shade(palette.expand(len(pixel), -1, -1), hits.normals[:, None], hits.points[:, None],
+                    lights[camera][:, None], view.shading) * (2.0 / ss ** 2)
+        for p, pattern in enumerate(PATTERNS):
+            mask = pattern_mask(pattern, hits.points)[:, None, None]
+            mixed = lit + (lit[:, accent] - lit) * mask if pattern != "plain" else lit
+            # (index_put_ rather than index_add_: the latter stalls on a busy CPU; docs/quality.md,
+            # "Figures behind design choices")
+            colors[p].index_put_((pixel,), mixed.reshape(len(pixel), q * 3), accumulate=True)
+        coverage = torch.bincount(pixel, minlength=b * h * w).float().view(b, 1, h, w) / ss ** 2
+        # [P, B*H*W, Q*3] -> [P, Q, B, 3, H, W]
+        colors = colors.view(len(PATTERNS), b, h, w, q, 3).permute(0, 4, 1, 5, 2, 3)
+        # 2 * (colour + (1 - coverage) * background) - 1 = 2 * colour + base:
         base = (1.0 - coverage) * (2.0 * background - 1.0) - coverage
         return _Layers(colors.contiguous(), base)
 
-    def _assemble(self, objects) -> torch.Tensor:
-        """[K, B, 3, res, res] in [-1, 1]: each object composited over the background."""
-        s = torch.tensor([self._shape_names.index(o.shape) for o in objects], device=self.device)
+    def _assemble(self, objects, view: View) -> torch.Tensor:
+        """[K, B, 3, res, res] in [-1, 1]: each object composited over the background. Only the shapes
+        the objects have are traced and shaded."""
+        shapes = list(dict.fromkeys(o.shape for o in objects))  # in order of first use
+        layers = [self._shape_layers(shape, view) for shape in shapes]
+        colors, base = torch.stack([layer.colors for layer in layers]), torch.stack([layer.base for layer in layers])
+        s = torch.tensor([shapes.index(o.shape) for o in objects], device=self.device)
         p = torch.tensor([PATTERNS.index(o.pattern) for o in objects], device=self.device)
         q = torch.tensor([self._color_names.index(o.color) for o in objects], device=self.device)
-        x = self._layers.colors[s, p, q] + self._layers.base[s]                           # [K, B, 3, H, W]
+        x = colors[s, p, q] + base[s]                                                     # [K, B, 3, H, W]
         if tuple(x.shape[-2:]) != tuple(self.latent_shape[1:]):
             x = self.encode((x.flatten(0, 1) + 1.0) * 0.5).view(*x.shape[:3], *self.latent_shape[1:])
         return x

@@ -167,7 +167,6 @@ def test_one_batched_prior_call_per_prediction():
     assert prior.calls == [(TEXT, UNCOND)] * 12 and out.t == 980
 
 
-
 def test_at_guidance_scale_1_the_empty_prompt_is_not_computed():
     """e_s = e_0 + 1 (e_y - e_0) = e_y: the text prediction alone, asked for alone."""
     for name in ("sds", "fsd"):
@@ -179,6 +178,7 @@ def test_at_guidance_scale_1_the_empty_prompt_is_not_computed():
             a, s = a_s(out.t)
             z = a * X[0] + s * out.extras["noise"][0]
             assert close(out.grad[0], (1.0 - float(ABAR[out.t])) * (hand_cfg(z, out.t, 1.0) - out.extras["noise"][0]))
+
 
 # --- SDI -------------------------------------------------------------------------------------------
 

@@ -224,7 +224,6 @@ def test_renders_are_cached_per_view_and_follow_a_new_background():
     assert torch.allclose(to_rgb(second[:, 0, :, 0, 0]), torch.ones(len(CATALOG), 3))
 
 
-
 def test_only_the_shapes_a_condition_names_are_traced_and_they_render_as_in_the_whole_world():
     prior = load_prior("shapes", resolution=16)
     prior.set_prompts("a green cone")
@@ -236,6 +235,7 @@ def test_only_the_shapes_a_condition_names_are_traced_and_they_render_as_in_the_
     assert set(prior._geometry) == set(SHAPES)
     cone = CATALOG.index(CatalogObject("cone", "green", "plain"))
     assert torch.allclose(alone[0], world[cone], atol=1e-6) and not torch.allclose(world[0], world[cone])
+
 
 def test_unknown_prompt_and_condition_are_user_errors():
     prior = ShapesPrior(resolution=16)

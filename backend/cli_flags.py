@@ -40,6 +40,8 @@ def run_flags() -> argparse.ArgumentParser:
                         help=f"quality preset (default {DEFAULT_PRESET}; see below)")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--resolution", type=int, help="render size in pixels (square)")
+    parser.add_argument("--coarse-fraction", type=float, help=RUN_FIELDS["coarse_fraction"].help
+                        + " (draft: 0.5; 0 renders every step at --resolution)")
     parser.add_argument("--preview-every", type=int)
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument("--no-export", action="store_true", help="skip the mesh export at the end")
@@ -75,7 +77,8 @@ def generate_settings(args) -> dict:
                 method_options=method_options(args) or None, device=args.device,
                 offline=args.offline or None, steps=args.steps,
                 prior_options=dict(parse_option(o) for o in args.prior_options) or None,
-                resolution=args.resolution, preview_every=args.preview_every,
+                resolution=args.resolution, coarse_fraction=getattr(args, "coarse_fraction", None),
+                preview_every=args.preview_every,
                 checkpoint_every=args.checkpoint_every, export_mesh=False if args.no_export else None,
                 **shape_settings(args))
 

@@ -78,6 +78,15 @@ def active_levels(step: int, config: GenerateConfig) -> int:
     return min(config.hash_levels, config.hash_levels_start + extra)
 
 
+def render_size(step: int, config: GenerateConfig) -> int:
+    """The step's render height = width: half the resolution for the first coarse_fraction of the steps,
+    then the resolution (coarse to fine). The prior's pictures keep its own size: a coarse render is
+    resized to it like any other (docs/quality.md, "Coarse to fine")."""
+    if step < round(config.coarse_fraction * config.steps):
+        return max(8, config.resolution // 2)
+    return config.resolution
+
+
 def augment_background(render, probability: float, generator: torch.Generator):
     """(rgb, background), both [B, H, W, 3]: the render as is, or, with `probability`, recomposited
     over a random solid colour (threestudio's random_aug), so the learned background cannot take
@@ -291,7 +300,8 @@ class Trainer:
         method's output and the score-distillation loss (on the device, read later)."""
         config, generator, timer = self.config, self.generator, self.timer
         marks = [timer.mark()]
-        cameras = sample_cameras(config.batch_size, config.resolution, config.resolution, generator)
+        size = self._render_size(step)
+        cameras = sample_cameras(config.batch_size, size, size, generator)
         lights = sample_light_positions(cameras, generator).to(self.device, non_blocking=True)
         cameras = cameras.to(self.device)
         shading = self._shading(step)
@@ -311,6 +321,10 @@ class Trainer:
         marks.append(timer.mark())
         timer.add(marks)
         return out, loss_sd
+
+    def _render_size(self, step: int) -> int:
+        """The step's render size (render_size: coarse to fine)."""
+        return render_size(step, self.config)
 
     def _shading(self, step: int) -> str:
         """The step's shading (shading_for_step)."""

@@ -6,7 +6,7 @@ the exact shapes prior's true meshes, every method, and the cost of a texture st
     python bench/bench_texture.py methods              # "a red cube" with sds, nfsd, sdi, fsd
     python bench/bench_texture.py speed                # step time: texture mode vs the NeRF's draft step, 64 and 128 px
 
-Each writes bench/results/texture_<part>.json. The quality runs use the draft preset (64 px, 2^16 hash
+Each writes bench/results/texture_<part>.json. The quality runs use the draft preset at 64 px (2^16 hash
 table), 400 steps, fit none (the true mesh sits where the prior's object is) and a 512 px texture; the
 error is the baked texture's mean absolute RGB error against the object's albedo at 8192 points uniform
 on the mesh (backend/texture/truth.py), all of them and those a training camera sees.
@@ -81,7 +81,8 @@ def mesh_file(shape: str, folder: Path) -> Path:
 
 def texture_run(shape: str, prompt: str, folder: Path, steps: int, **settings) -> dict:
     config = with_preset("draft", prompt=prompt, source="texture", source_mesh=str(mesh_file(shape, folder)),
-                         fit="none", steps=steps, preview_every=0, checkpoint_every=0, **settings)
+                         fit="none", steps=steps, preview_every=0, checkpoint_every=0,
+                         **{"resolution": 64, **settings})  # 64 px: the draft's size when these were measured
     start = time.perf_counter()
     report = train_texture(config, folder / f"{shape}_{prompt.replace(' ', '_')}_{config.method}").report
     return {"shape": shape, "prompt": prompt, "method": config.method, "steps": steps,
@@ -110,7 +111,8 @@ def bench_speed(steps: int, folder: Path) -> list:
     backward = loss, backward and Adam) for the NeRF's draft step and texture mode, at 64 and 128 px."""
     rows = []
     for resolution in (64, 128):
-        common = dict(prompt="a red cube", steps=steps, resolution=resolution, preview_every=0, checkpoint_every=0)
+        common = dict(prompt="a red cube", steps=steps, resolution=resolution, coarse_fraction=0.0, preview_every=0,
+                      checkpoint_every=0)  # every step at this size
         nerf = train(with_preset("draft", export_mesh=False, **common), folder / f"nerf_{resolution}").report
         texture = train_texture(with_preset("draft", source="texture", source_mesh=str(mesh_file("cube", folder)),
                                             fit="none", texture_size=64, **common),

@@ -1,7 +1,7 @@
 """Training benchmarks on the built-in exact prior (CPU), printed as tables and saved as JSON + PNG.
 
     python bench/bench_train.py speed                 # median step time and its breakdown, +/- occupancy grid
-    python bench/bench_train.py quality               # IoU / albedo error per method on 5 catalog objects, 800 steps
+    python bench/bench_train.py quality               # IoU / albedo error per method on 5 catalog objects, the draft's steps
     python bench/bench_train.py reexport              # export those runs' checkpoints again with this code
     python bench/bench_train.py mesh_quality          # the table of those runs (all methods), with mesh IoU,
                                                       # Chamfer, texture error and the surface of their meshes
@@ -36,6 +36,7 @@ from backend.metrics import field_color
 from backend.pictures import grid, save_png
 from backend.runtime import tune_allocator
 from backend.train import train
+from shared.schema import PRESETS
 
 OUT = Path(__file__).resolve().parent / "out"
 METHODS = ("sds", "nfsd", "sdi", "fsd")
@@ -54,7 +55,7 @@ def speed(args) -> dict:
     report = run("a red cube", "sds", args.steps, OUT / "speed", export_mesh=False).report
     row = {"median_step_s": report["median_step_s"], **report["median_breakdown_s"],
            "projected_1000_steps_min": report["median_step_s"] * 1000 / 60}
-    print(f"\nStep time at the demo settings (64x64, {args.steps} steps, {torch.get_num_threads()} threads)")
+    print(f"\nStep time at the demo settings (the draft preset, {args.steps} steps, {torch.get_num_threads()} threads)")
     print(f"{'step s':>8s} {'render':>8s} {'prior':>8s} {'backward':>9s} {'1000 steps':>11s}")
     print(f"{row['median_step_s']:8.3f} {row['render']:8.3f} {row['prior']:8.3f} {row['backward']:9.3f} "
           f"{row['projected_1000_steps_min']:9.1f} min")
@@ -257,7 +258,8 @@ def main() -> None:
     parser.add_argument("what", choices=("speed", "quality", "reexport", "mesh_quality", "diversity", "guidance",
                                          "surface", "orientation", "all"),
                         nargs="?", default="all")
-    parser.add_argument("--steps", type=int, default=800, help="the draft preset's (and the demo's) 800 by default")
+    parser.add_argument("--steps", type=int, default=PRESETS["draft"].settings["steps"],
+                        help="the draft preset's (and the demo's) by default")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--objects", nargs="+", default=list(OBJECTS))

@@ -20,6 +20,7 @@ def run_cli(*args, timeout=300):
     (["generate", "a dragon"], "knows no object in the prompt"),
     (["generate", "a red cube", "--steps", "0"], "steps = 0 is out of range"),
     (["generate", "a red cube", "--cfg", "nan"], "cfg must be a number"),
+    (["generate", "a red cube", "--coarse-fraction", "1.5"], "coarse_fraction = 1.5 is out of range"),
     (["generate", "a red cube", "--set", "weighting=cubic"], "weighting"),
     (["generate", "a red cube", "--set", "banana=1"], "banana"),
     (["generate", "a red cube", "--device", "cuda:0"], "no CUDA"),

@@ -1,6 +1,7 @@
 """End to end on the built-in exact prior: every method trains, writes its files, and moves the
 field toward the prompt's object; stopping writes a checkpoint and --resume continues from it."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from backend.checkpoint import load_checkpoint, load_model, nerf_settings
 from backend.config import with_preset
 from backend.events import Finished, Preview, Progress
 from backend.nerf import NeRFModel
-from backend.train import active_levels, augment_background, ground_truth_metrics, train
+from backend.train import active_levels, augment_background, ground_truth_metrics, render_size, train
 
 PROMPT = "a green torus"  # far from the initial blob, so improvement is not an accident
 
@@ -67,6 +68,7 @@ def test_stop_writes_a_checkpoint_and_resume_continues_from_it(tmp_path):
 
 
 
+@pytest.mark.usefixtures("one_thread")  # bit-equal runs: on 2 threads of a busy machine they differed (2026-12-04)
 def test_a_trainer_driven_by_hand_reads_previews_and_checkpoints_without_changing_the_run(tmp_path):
     """What the server, batch and CLI get through train(), a caller gets by stepping a Trainer itself;
     reading back, previewing and checkpointing between steps change nothing about the run."""
@@ -94,6 +96,24 @@ def test_a_trainer_driven_by_hand_reads_previews_and_checkpoints_without_changin
 def test_progressive_levels_schedule():
     config = with_preset("standard", prompt="x", steps=10000, hash_levels_every=500, hash_levels_after=2000).resolved()
     assert [active_levels(s, config) for s in (0, 1999, 2000, 2499, 2500, 6000, 9999)] == [8, 8, 9, 9, 10, 16, 16]
+
+
+def test_coarse_to_fine_renders_half_size_first_and_the_prior_keeps_its_size(tmp_path):
+    """The first coarse_fraction of the steps render at half the resolution, the rest at the
+    resolution; the method always sees the prior's size (the coarse render is resized to it)."""
+    seen = []
+
+    class Recording(NaNAtSteps):
+        def predict_noise(self, z_t, t, conditions, view):
+            seen.append((view.cameras.height, view.cameras.width, tuple(z_t.shape[-2:])))
+            return self.inner.predict_noise(z_t, t, conditions, view)
+
+    config = with_preset("tiny", prompt="a red cube", method="sds", steps=6, coarse_fraction=0.5,
+                         checkpoint_every=0, preview_every=0, export_mesh=False)
+    train(config, tmp_path, prior=Recording([]))
+    assert seen == [(16, 16, (32, 32))] * 3 + [(32, 32, (32, 32))] * 3
+    assert [render_size(step, replace(config, coarse_fraction=0.0)) for step in (0, 5)] == [32, 32]
+    assert render_size(0, replace(config, resolution=9, coarse_fraction=1.0)) == 8  # never under the smallest size
 
 
 def test_background_augmentation_recomposites_over_one_solid_colour():

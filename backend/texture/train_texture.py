@@ -59,6 +59,10 @@ class TextureTrainer(Trainer):
     def _before_step(self, step: int) -> None:
         self.model.set_active_levels(active_levels(step, self.config))  # no occupancy grid: rays hit the mesh
 
+    def _render_size(self, step: int) -> int:
+        """The resolution throughout: coarse to fine sharpens a field's outline, and a given mesh has its own."""
+        return self.config.resolution
+
     def _shading(self, step: int) -> str:
         return texture_shading(step, self.config)
 

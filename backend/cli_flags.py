@@ -40,8 +40,9 @@ def run_flags() -> argparse.ArgumentParser:
                         help=f"quality preset (default {DEFAULT_PRESET}; see below)")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--resolution", type=int, help="render size in pixels (square)")
-    parser.add_argument("--coarse-fraction", type=float, help=RUN_FIELDS["coarse_fraction"].help
-                        + " (draft: 0.5; 0 renders every step at --resolution)")
+    parser.add_argument("--coarse-fraction", type=float,
+                        help=f"{RUN_FIELDS['coarse_fraction'].help} (draft: "
+                             f"{PRESETS['draft'].settings['coarse_fraction']}; 0: every step at --resolution)")
     parser.add_argument("--preview-every", type=int)
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument("--no-export", action="store_true", help="skip the mesh export at the end")

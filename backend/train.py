@@ -81,7 +81,7 @@ def active_levels(step: int, config: GenerateConfig) -> int:
 def render_size(step: int, config: GenerateConfig) -> int:
     """The step's render height = width: half the resolution for the first coarse_fraction of the steps,
     then the resolution (coarse to fine). The prior's pictures keep its own size: a coarse render is
-    resized to it like any other (docs/quality.md, "Coarse to fine")."""
+    resized to it like any other (docs/quality.md, "Coarse to fine, the draft since 2026-12-04")."""
     if step < round(config.coarse_fraction * config.steps):
         return max(8, config.resolution // 2)
     return config.resolution

@@ -95,7 +95,7 @@ class Distill3DSettings(bpy.types.PropertyGroup):
     steps: IntProperty(name="Steps", default=0, soft_max=20000, description="Optimisation steps (0: preset)",
                        min=0, max=int(REQUEST_FIELDS["steps"].high))
     resolution: IntProperty(name="Resolution", default=0, min=0, max=int(REQUEST_FIELDS["resolution"].high),
-                            description="Render size in pixels while training (0: preset); the draft renders its first half at half this size")
+                            description="Render size in pixels while training (0: preset); a preset with coarse_fraction starts at half of it")
     use_cfg: BoolProperty(name="Guidance", default=False, description="Set the guidance scale (off: the prior's default, 1 for shapes, else the method's)")
     cfg: FloatProperty(name="CFG", default=7.5, soft_min=0.0, soft_max=100.0, **_limits("cfg"),
                        description="Classifier-free guidance scale")

@@ -53,7 +53,8 @@ def test_json_and_csv_rows_pin_their_own_settings_and_bad_rows_name_row_and_fiel
     ]))
     items, invalid = expand(read_spec(spec), {}, "tiny", ["sds"], [0, 1])
     pinned = [i for i in items if i.row == 1]
-    assert [(i.config.method, i.config.seed, i.config.cfg, i.config.steps) for i in pinned] == [("fsd", 9, 12.0, PRESETS["draft"].settings["steps"])]
+    draft_steps = PRESETS["draft"].settings["steps"]
+    assert [(i.config.method, i.config.seed, i.config.cfg, i.config.steps) for i in pinned] == [("fsd", 9, 12.0, draft_steps)]
     assert [i.row for i in items] == [1, 6, 6]
     errors = {bad.row: bad.error for bad in invalid}
     assert errors[2].startswith("row 2: cfg = 5000 is out of range")

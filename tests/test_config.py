@@ -5,6 +5,7 @@ import pytest
 
 from backend.config import GenerateConfig, with_preset
 from backend.errors import UserError
+from shared.schema import PRESETS
 
 
 @pytest.mark.parametrize("changes, needle", [
@@ -39,9 +40,11 @@ def test_a_config_is_frozen_a_changed_copy_is_checked_and_it_crosses_processes_w
 
 
 def test_preset_then_overrides_and_auto_schedule_scales_with_steps():
-    config = with_preset("draft", prompt="a cube", steps=1000, cfg=None).resolved()
-    assert (config.resolution, config.coarse_fraction) == (96, 0.5) and config.cfg is None
-    assert (config.albedo_steps, config.hash_levels_after, config.hash_levels_every) == (200, 200, 50)
+    config = with_preset("draft", prompt="a cube", steps=2000, cfg=None).resolved()
+    draft = PRESETS["draft"].settings
+    assert (config.resolution, config.coarse_fraction) == (draft["resolution"], draft["coarse_fraction"])
+    assert config.steps == 2000 != draft["steps"] and config.cfg is None   # the override wins
+    assert (config.albedo_steps, config.hash_levels_after, config.hash_levels_every) == (400, 400, 100)
     with pytest.raises(UserError, match="unknown preset"):
         with_preset("ultra", prompt="x")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from shared.results import CHECKPOINT
+from shared.schema import RUN_FIELDS
 
 from .cameras import sample_cameras, sample_light_positions
 from .checkpoint import load_checkpoint, nerf_settings, save_checkpoint
@@ -83,7 +84,7 @@ def render_size(step: int, config: GenerateConfig) -> int:
     then the resolution (coarse to fine). The prior's pictures keep its own size: a coarse render is
     resized to it like any other (docs/quality.md, "Coarse to fine, the draft since 2026-12-04")."""
     if step < round(config.coarse_fraction * config.steps):
-        return max(8, config.resolution // 2)
+        return max(int(RUN_FIELDS["resolution"].low), config.resolution // 2)  # never under the smallest size
     return config.resolution
 
 

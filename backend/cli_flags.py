@@ -41,8 +41,7 @@ def run_flags() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--resolution", type=int, help="render size in pixels (square)")
     parser.add_argument("--coarse-fraction", type=float,
-                        help=f"{RUN_FIELDS['coarse_fraction'].help} (draft: "
-                             f"{PRESETS['draft'].settings['coarse_fraction']}; 0: every step at --resolution)")
+                        help=f"{RUN_FIELDS['coarse_fraction'].help} (draft: {PRESETS['draft'].settings['coarse_fraction']})")
     parser.add_argument("--preview-every", type=int)
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument("--no-export", action="store_true", help="skip the mesh export at the end")

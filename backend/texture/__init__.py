@@ -6,5 +6,5 @@ Submodules: mesh_input (read, check, fit), raycast, texture_field, train_texture
 """
 
 # The default render size: a render costs one field query per pixel, so it can be larger than the
-# NeRF's 48-96 px (docs/selection.md, "Texture mode"). CLI and Python API.
+# NeRF's (the presets' sizes; docs/selection.md, "Texture mode"). CLI and Python API.
 TEXTURE_RESOLUTION_CPU, TEXTURE_RESOLUTION_GPU = 128, 256

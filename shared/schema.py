@@ -330,16 +330,16 @@ class Preset:
 
 # The CPU-sized presets use a 2^16 hash table (the simple shapes need no more, and Adam over the full
 # 2^19 x 16 levels table would dominate a CPU step) and march 128 samples across the cube's diagonal
-# (about one per pixel footprint at 64 px) instead of 512. Draft renders its first half at 48 px and the
-# rest at 96 px: a sharp rim's outline needs the finer pixels, and the coarse half pays for most of
-# them (docs/quality.md, "Coarse to fine, the draft since 2026-12-04").
+# (about one per pixel footprint at 64 px) instead of 512. Draft renders its first 70% of steps at
+# 48 px and the rest at 96 px: a sharp rim's outline needs the finer pixels, and the coarse steps pay
+# for them (docs/quality.md, "Coarse to fine, the draft since 2026-12-04").
 PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", "Tiny", "Seconds on a CPU: checks that everything works, the shape is rough",
                    dict(steps=40, resolution=32, mesh_resolution=64, texture_size=128, occupancy_resolution=16,
                         hash_log2_table=14, hash_levels=8, hash_levels_start=4, max_samples_per_ray=64,
                         face_budget=5000)),
     "draft": Preset("draft", "Draft", "A first look, sized for a CPU: 1000 steps, 48 px then 96 px, 128^3 mesh",
-                    dict(steps=1000, resolution=96, coarse_fraction=0.5, mesh_resolution=128, texture_size=512,
+                    dict(steps=1000, resolution=96, coarse_fraction=0.7, mesh_resolution=128, texture_size=512,
                          hash_log2_table=16, max_samples_per_ray=128)),
     "standard": Preset("standard", "Standard", "3000 steps, 256^3 mesh, 1024 px texture",
                        dict(steps=3000, resolution=64, mesh_resolution=256, texture_size=1024)),

@@ -330,9 +330,9 @@ class Preset:
 
 # The CPU-sized presets use a 2^16 hash table (the simple shapes need no more, and Adam over the full
 # 2^19 x 16 levels table would dominate a CPU step) and march 128 samples across the cube's diagonal
-# (about one per pixel footprint at 64 px) instead of 512. Draft renders its first 70% of steps at
-# 48 px and the rest at 96 px: a sharp rim's outline needs the finer pixels, and the coarse steps pay
-# for them (docs/quality.md, "Coarse to fine, the draft since 2026-12-04").
+# (about one per pixel footprint at 64 px) instead of 512. Draft renders its first coarse_fraction of
+# the steps at half its resolution: a sharp rim's outline needs the finer pixels, and the coarse steps
+# pay for them (docs/quality.md, "Coarse to fine, the draft since 2026-12-04").
 PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", "Tiny", "Seconds on a CPU: checks that everything works, the shape is rough",
                    dict(steps=40, resolution=32, mesh_resolution=64, texture_size=128, occupancy_resolution=16,
